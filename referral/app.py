@@ -1,0 +1,42 @@
+"""The application factory: every shared resource is created in ``cleanup_ctx`` under a typed key."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from referral.config import Settings
+from referral.core.appkeys import engine_key, sessionmaker_key, settings_key
+from referral.core.db import create_engine, create_sessionmaker
+from referral.core.migrations import ensure_schema_at_head
+from referral.core.web import request_context_middleware
+from referral.health.routes import routes as health_routes
+
+log = structlog.get_logger("referral.app")
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[settings_key]
+    engine = create_engine(settings)
+    try:
+        if settings.check_schema:
+            await ensure_schema_at_head(engine)
+        app[engine_key] = engine
+        app[sessionmaker_key] = create_sessionmaker(engine)
+        yield
+    finally:
+        await engine.dispose()
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the web application for ``settings``; resources open on startup and close on cleanup."""
+    app = web.Application(
+        middlewares=[request_context_middleware],
+        client_max_size=settings.body_limit,
+    )
+    app[settings_key] = settings
+    app.cleanup_ctx.append(_database)
+    app.router.add_routes(health_routes)
+    return app

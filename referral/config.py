@@ -1,0 +1,37 @@
+"""Settings: one typed object built once from the environment (``REFERRAL_`` prefix) and passed in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service can be configured with; see ``docs/api/operator-guide.md``."""
+
+    model_config = SettingsConfigDict(env_prefix="REFERRAL_", extra="ignore", frozen=True)
+
+    database_url: str = "sqlite+aiosqlite:///var/referral.sqlite3"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # Public base URL of this service: issuer of access tokens and audience of client assertions.
+    public_url: str = "http://127.0.0.1:8080"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Largest request body accepted, in bytes (1000 items of a referral fit comfortably in 2 MiB).
+    body_limit: int = Field(default=2 * 1024 * 1024, ge=1024)
+    db_pool_size: int = Field(default=10, ge=1)
+    db_pool_timeout: float = Field(default=5.0, gt=0)
+    # Give up on a database statement after this many seconds so a stuck database fails requests fast.
+    db_statement_timeout: float = Field(default=10.0, gt=0)
+    # Refuse to start when the schema is behind the code; tests of that very check turn it off.
+    check_schema: bool = True
+    var_dir: Path = Path("var")
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the configured database is SQLite."""
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,12 @@
+"""Typed application keys of the shared resources, created in ``cleanup_ctx`` by ``create_app``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from referral.config import Settings
+
+settings_key = web.AppKey("settings_key", Settings)
+engine_key = web.AppKey("engine_key", AsyncEngine)
+sessionmaker_key = web.AppKey("sessionmaker_key", async_sessionmaker[AsyncSession])
