@@ -8,7 +8,8 @@ import structlog
 from aiohttp import web
 
 from referral.config import Settings
-from referral.core.appkeys import engine_key, sessionmaker_key, settings_key
+from referral.core import service_keys
+from referral.core.appkeys import engine_key, service_keys_key, sessionmaker_key, settings_key
 from referral.core.db import create_engine, create_sessionmaker
 from referral.core.migrations import ensure_schema_at_head
 from referral.core.web import request_context_middleware
@@ -30,6 +31,11 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         await engine.dispose()
 
 
+async def _service_keys(app: web.Application) -> AsyncIterator[None]:
+    app[service_keys_key] = service_keys.load_or_create(app[settings_key].service_key_path)
+    yield
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the web application for ``settings``; resources open on startup and close on cleanup."""
     app = web.Application(
@@ -37,6 +43,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.body_limit,
     )
     app[settings_key] = settings
+    app.cleanup_ctx.append(_service_keys)
     app.cleanup_ctx.append(_database)
     app.router.add_routes(health_routes)
     return app

@@ -12,6 +12,9 @@ from referral.config import Settings
 from referral.core.logging import configure_logging
 
 Command = Callable[[argparse.Namespace, Settings], int]
+Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+FEATURE_COMMANDS: list[Registrar] = []
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -98,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands.add_parser("current", help="print the schema revision of the database")
     db_commands.add_parser("check", help="exit non-zero unless the schema is at head")
     db.set_defaults(run=_db)
+
+    # Each feature adds its own sub-commands; they run with the same settings object.
+    for register in FEATURE_COMMANDS:
+        register(commands)
     return parser
 
 

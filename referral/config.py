@@ -30,6 +30,20 @@ class Settings(BaseSettings):
     # Refuse to start when the schema is behind the code; tests of that very check turn it off.
     check_schema: bool = True
     var_dir: Path = Path("var")
+    # The service's own Ed25519 signing keys (access tokens, receipts, checkpoints); created on first start, 0600.
+    service_key_file: Path | None = None
+    # Origin line of audit checkpoints (C2SP tlog-checkpoint) and the name of the note-signing key.
+    audit_origin: str = "referral.localhost/audit"
+    # The sequencer closes a batch at this many entries or after this many milliseconds (as Tessera does).
+    audit_batch_size: int = Field(default=256, ge=1, le=10_000)
+    audit_batch_interval_ms: int = Field(default=250, ge=1)
+    # Run the audit sequencer inside the API process (the default); off when `referral worker` processes do it.
+    run_background_tasks: bool = True
+
+    @property
+    def service_key_path(self) -> Path:
+        """Where the service's signing keys are kept."""
+        return self.service_key_file or self.var_dir / "service-keys.json"
 
     @property
     def is_sqlite(self) -> bool:

@@ -1,0 +1,138 @@
+"""RFC 8785 JSON Canonicalization Scheme (JCS): one byte string per JSON value, for hashing and signing."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+# I-JSON (RFC 7493) numbers are IEEE 754 doubles; an integer beyond this cannot round-trip through one.
+MAX_SAFE_INTEGER = 2**53 - 1
+
+# ECMAScript JSON.stringify escapes exactly these; every other character, U+007F and U+2028 included,
+# is written as itself.
+_ESCAPES = {
+    0x22: '\\"',
+    0x5C: "\\\\",
+    0x08: "\\b",
+    0x09: "\\t",
+    0x0A: "\\n",
+    0x0C: "\\f",
+    0x0D: "\\r",
+}
+_ESCAPE_TABLE: dict[int, str] = {code: _ESCAPES.get(code, f"\\u{code:04x}") for code in range(0x20)}
+_ESCAPE_TABLE.update(_ESCAPES)
+
+
+def canonical_json(value: Any) -> bytes:
+    """The RFC 8785 canonical UTF-8 serialisation of a JSON-shaped Python value."""
+    parts: list[str] = []
+    _write(value, parts, set())
+    return "".join(parts).encode("utf-8")
+
+
+def _write(value: Any, parts: list[str], open_containers: set[int]) -> None:
+    """Append the canonical text of ``value``; ``open_containers`` catches reference cycles."""
+    # bool before int: bool is an int subclass, and True must not become 1.
+    if value is None:
+        parts.append("null")
+    elif value is True:
+        parts.append("true")
+    elif value is False:
+        parts.append("false")
+    elif isinstance(value, int):
+        parts.append(_integer(value))
+    elif isinstance(value, float):
+        parts.append(_number(value))
+    elif isinstance(value, str):
+        parts.append(_string(value))
+    elif isinstance(value, Mapping):
+        _enter(value, open_containers)
+        members = []
+        for key in value:
+            if not isinstance(key, str):
+                raise ValueError(f"JSON object keys must be strings, not {type(key).__name__}")
+            members.append((_utf16_sort_key(key), key))
+        members.sort()
+        parts.append("{")
+        for position, (_, key) in enumerate(members):
+            if position:
+                parts.append(",")
+            parts.append(_string(key))
+            parts.append(":")
+            _write(value[key], parts, open_containers)
+        parts.append("}")
+        open_containers.discard(id(value))
+    elif isinstance(value, list | tuple):
+        _enter(value, open_containers)
+        parts.append("[")
+        for position, item in enumerate(value):
+            if position:
+                parts.append(",")
+            _write(item, parts, open_containers)
+        parts.append("]")
+        open_containers.discard(id(value))
+    else:
+        raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _enter(container: object, open_containers: set[int]) -> None:
+    """Record that ``container`` is being written, refusing a cycle instead of recursing forever."""
+    if id(container) in open_containers:
+        raise ValueError("circular reference in JSON value")
+    open_containers.add(id(container))
+
+
+def _integer(value: int) -> str:
+    """A Python int as JSON, refused outside the range a double holds exactly."""
+    if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        raise ValueError(f"integer {value} is outside ±(2**53-1) and cannot be represented exactly")
+    return str(int(value))
+
+
+def _utf16_sort_key(key: str) -> bytes:
+    """Big-endian UTF-16 bytes compare exactly as the UTF-16 code units RFC 8785 §3.2.3 sorts by."""
+    _check_scalar_values(key)
+    return key.encode("utf-16-be")
+
+
+def _check_scalar_values(text: str) -> None:
+    """Refuse lone surrogates: I-JSON text must be valid Unicode, and UTF-8 cannot carry them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError("string contains a lone surrogate") from error
+
+
+def _string(text: str) -> str:
+    """A JSON string literal escaped as ECMAScript JSON.stringify does (RFC 8785 §3.2.2.2)."""
+    _check_scalar_values(text)
+    return '"' + str(text).translate(_ESCAPE_TABLE) + '"'
+
+
+def _number(value: float) -> str:
+    """ECMAScript Number::toString of a double (RFC 8785 §3.2.2.3), refusing NaN and infinities."""
+    if not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a JSON number")
+    if value == 0:
+        # Covers -0.0, which ECMAScript writes as "0".
+        return "0"
+    # repr gives the shortest digit string that round-trips, which is the digit string ECMAScript uses.
+    sign, digit_tuple, exponent = Decimal(repr(float(value))).as_tuple()
+    assert isinstance(exponent, int)
+    digits = "".join(map(str, digit_tuple)).rstrip("0")
+    exponent += len(digit_tuple) - len(digits)
+    # value = 0.digits × 10**point, in the notation of ECMA-262 Number::toString (k digits, n = point).
+    count = len(digits)
+    point = count + exponent
+    prefix = "-" if sign else ""
+    if count <= point <= 21:
+        return prefix + digits + "0" * (point - count)
+    if 0 < point <= 21:
+        return prefix + digits[:point] + "." + digits[point:]
+    if -6 < point <= 0:
+        return prefix + "0." + "0" * -point + digits
+    power = point - 1
+    mantissa = digits if count == 1 else digits[0] + "." + digits[1:]
+    return f"{prefix}{mantissa}e{'+' if power > 0 else '-'}{abs(power)}"
