@@ -30,14 +30,14 @@ class Settings(BaseSettings):
     # Refuse to start when the schema is behind the code; tests of that very check turn it off.
     check_schema: bool = True
     var_dir: Path = Path("var")
-    # The service's own Ed25519 signing keys (access tokens, receipts, checkpoints); created on first start, 0600.
+    # The service's own Ed25519 signing keys (tokens, receipts, checkpoints); created on first start, 0600.
     service_key_file: Path | None = None
     # Origin line of audit checkpoints (C2SP tlog-checkpoint) and the name of the note-signing key.
     audit_origin: str = "referral.localhost/audit"
     # The sequencer closes a batch at this many entries or after this many milliseconds (as Tessera does).
     audit_batch_size: int = Field(default=256, ge=1, le=10_000)
     audit_batch_interval_ms: int = Field(default=250, ge=1)
-    # Run the audit sequencer inside the API process (the default); off when `referral worker` processes do it.
+    # Run the background tasks (audit sequencer, ...) in the API process; off when `referral worker` does.
     run_background_tasks: bool = True
 
     @property

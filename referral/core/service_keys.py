@@ -145,7 +145,7 @@ def _read(path: Path) -> ServiceKeyRing:
 
 
 def load_or_create(path: Path) -> ServiceKeyRing:
-    """The key ring in ``path``; on first start a new key is created there (exclusively, so racing processes agree)."""
+    """The key ring in ``path``, created exclusively on first start so that racing processes agree."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         key = ServiceKey.generate(utcnow())
