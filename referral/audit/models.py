@@ -4,6 +4,7 @@ log itself, and only the queue of not-yet-sequenced entries is ever deleted from
 from __future__ import annotations
 
 from datetime import datetime
+
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, LargeBinary, SmallInteger, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
