@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
+from referral.audit.routes import routes as audit_routes
+from referral.audit.sequencer import sequencer_task
 from referral.config import Settings
 from referral.core import service_keys
 from referral.core.appkeys import engine_key, service_keys_key, sessionmaker_key, settings_key
@@ -45,5 +47,7 @@ def create_app(settings: Settings) -> web.Application:
     app[settings_key] = settings
     app.cleanup_ctx.append(_service_keys)
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(sequencer_task)
     app.router.add_routes(health_routes)
+    app.router.add_routes(audit_routes)
     return app

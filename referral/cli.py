@@ -8,13 +8,14 @@ import sys
 from collections.abc import Callable, Sequence
 
 from referral import __version__
+from referral.audit import cli as audit_cli
 from referral.config import Settings
 from referral.core.logging import configure_logging
 
 Command = Callable[[argparse.Namespace, Settings], int]
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
-FEATURE_COMMANDS: list[Registrar] = []
+FEATURE_COMMANDS: list[Registrar] = [audit_cli.register]
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:

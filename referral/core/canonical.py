@@ -49,20 +49,7 @@ def _write(value: Any, parts: list[str], open_containers: set[int]) -> None:
         parts.append(_string(value))
     elif isinstance(value, Mapping):
         _enter(value, open_containers)
-        members = []
-        for key in value:
-            if not isinstance(key, str):
-                raise ValueError(f"JSON object keys must be strings, not {type(key).__name__}")
-            members.append((_utf16_sort_key(key), key))
-        members.sort()
-        parts.append("{")
-        for position, (_, key) in enumerate(members):
-            if position:
-                parts.append(",")
-            parts.append(_string(key))
-            parts.append(":")
-            _write(value[key], parts, open_containers)
-        parts.append("}")
+        _write_object(value, parts, open_containers)
         open_containers.discard(id(value))
     elif isinstance(value, list | tuple):
         _enter(value, open_containers)
@@ -75,6 +62,25 @@ def _write(value: Any, parts: list[str], open_containers: set[int]) -> None:
         open_containers.discard(id(value))
     else:
         raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _write_object(value: Mapping[Any, Any], parts: list[str], open_containers: set[int]) -> None:
+    """Append an object with its members sorted by the UTF-16 code units of their names (RFC 8785 §3.2.3)."""
+    members = []
+    for key in value:
+        if not isinstance(key, str):
+            # ValueError like every other refusal here: the mapping exists, it just has no JSON form.
+            raise ValueError(f"JSON object keys must be strings, not {type(key).__name__}")  # noqa: TRY004
+        members.append((_utf16_sort_key(key), key))
+    members.sort()
+    parts.append("{")
+    for position, (_, key) in enumerate(members):
+        if position:
+            parts.append(",")
+        parts.append(_string(key))
+        parts.append(":")
+        _write(value[key], parts, open_containers)
+    parts.append("}")
 
 
 def _enter(container: object, open_containers: set[int]) -> None:
@@ -123,7 +129,7 @@ def _number(value: float) -> str:
     assert isinstance(exponent, int)
     digits = "".join(map(str, digit_tuple)).rstrip("0")
     exponent += len(digit_tuple) - len(digits)
-    # value = 0.digits × 10**point, in the notation of ECMA-262 Number::toString (k digits, n = point).
+    # value = 0.digits * 10**point: ECMA-262 Number::toString calls count k and point n.
     count = len(digits)
     point = count + exponent
     prefix = "-" if sign else ""

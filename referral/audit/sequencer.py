@@ -1,0 +1,191 @@
+"""The audit sequencer: gives committed entries contiguous leaf indexes in batches and signs a checkpoint.
+
+One batch is one transaction: leaves, completed subtree nodes, the dequeued entries and the new checkpoint
+commit together or not at all, so a crash leaves the old state or the new one, never a gap or a duplicate
+index. On PostgreSQL a transaction-scoped advisory lock makes exactly one process the sequencer of a batch;
+on SQLite the database's single writer does the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import cast
+
+import structlog
+from aiohttp import web
+from sqlalchemy import Table, delete, insert, select, text, tuple_
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from referral.audit import merkle
+from referral.audit.models import AuditCheckpoint, AuditEntry, AuditLeaf, AuditNode, AuditPending
+from referral.audit.note import Ed25519NoteSigner, format_checkpoint
+from referral.audit.service import entry_document
+from referral.audit.tree import Node, NodeKey, append_leaves, edge_root, right_edge
+from referral.core.appkeys import service_keys_key, sessionmaker_key, settings_key
+from referral.core.canonical import canonical_json
+from referral.core.service_keys import ServiceKey
+from referral.core.timeutil import utcnow
+
+log = structlog.get_logger("referral.audit.sequencer")
+
+# pg_try_advisory_xact_lock key of the sequencer: "referral" "audit" as two int32s would also do; any
+# constant that no other feature uses.
+SEQUENCER_LOCK_KEY = 0x7265_6661_7564_6974
+
+_leaves = cast(Table, AuditLeaf.__table__)
+_nodes = cast(Table, AuditNode.__table__)
+_checkpoints = cast(Table, AuditCheckpoint.__table__)
+_pending = cast(Table, AuditPending.__table__)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch did."""
+
+    sequenced: int
+    tree_size: int
+    root_hash: bytes
+
+
+def note_signer(key: ServiceKey, origin: str) -> Ed25519NoteSigner:
+    """The signed-note signer of checkpoints: the active service key under the log's origin as its name."""
+    return Ed25519NoteSigner(origin, key.private_key)
+
+
+def key_id_hex(signer: Ed25519NoteSigner) -> str:
+    """The 4-byte note key id as 8 hex digits."""
+    return f"{signer.key_id:08x}"
+
+
+async def load_nodes(session: AsyncSession, keys: list[NodeKey]) -> dict[NodeKey, bytes]:
+    """Stored subtree hashes by (level, index); level 0 are leaf hashes."""
+    found: dict[NodeKey, bytes] = {}
+    leaf_indexes = sorted({index for level, index in keys if level == 0})
+    upper = sorted({(level, index) for level, index in keys if level > 0})
+    if leaf_indexes:
+        rows = await session.execute(
+            select(AuditLeaf.leaf_index, AuditLeaf.leaf_hash).where(AuditLeaf.leaf_index.in_(leaf_indexes))
+        )
+        found.update({(0, index): leaf_hash for index, leaf_hash in rows})
+    if upper:
+        node_rows = await session.execute(
+            select(AuditNode.level, AuditNode.index, AuditNode.hash).where(
+                tuple_(AuditNode.level, AuditNode.index).in_(upper)
+            )
+        )
+        found.update({(level, index): node for level, index, node in node_rows})
+    return found
+
+
+async def latest_checkpoint(session: AsyncSession) -> AuditCheckpoint | None:
+    """The newest checkpoint, or ``None`` before the first batch."""
+    return (
+        await session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.tree_size.desc()).limit(1))
+    ).scalar_one_or_none()
+
+
+async def sequence_batch(
+    session: AsyncSession, *, signer: Ed25519NoteSigner, origin: str, batch_size: int
+) -> BatchResult | None:
+    """Sequence up to ``batch_size`` pending entries and sign a checkpoint, in the caller's transaction.
+
+    Returns ``None`` when another process holds the sequencer lock or nothing is pending.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        locked = (
+            await session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SEQUENCER_LOCK_KEY})
+        ).scalar_one()
+        if not locked:
+            return None
+    pending = (
+        (
+            await session.execute(
+                select(AuditEntry)
+                .join(AuditPending, AuditPending.entry_id == AuditEntry.id)
+                .order_by(AuditEntry.id)
+                .limit(batch_size)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if not pending:
+        return None
+    previous = await latest_checkpoint(session)
+    size = previous.tree_size if previous is not None else 0
+    edge_keys = right_edge(size)
+    stored = await load_nodes(session, edge_keys)
+    edge = [Node(level, index, stored[(level, index)]) for level, index in edge_keys]
+    leaf_hashes = [merkle.leaf_hash(canonical_json(entry_document(entry))) for entry in pending]
+    edge, completed = append_leaves(edge, size, leaf_hashes)
+    new_size = size + len(pending)
+    root = edge_root(edge)
+    await session.execute(
+        insert(_leaves),
+        [
+            {"leaf_index": size + offset, "entry_id": entry.id, "leaf_hash": leaf_hash}
+            for offset, (entry, leaf_hash) in enumerate(zip(pending, leaf_hashes, strict=True))
+        ],
+    )
+    if completed:
+        await session.execute(
+            insert(_nodes),
+            [{"level": node.level, "index": node.index, "hash": node.hash} for node in completed],
+        )
+    await session.execute(delete(_pending).where(_pending.c.entry_id.in_([entry.id for entry in pending])))
+    note = signer.sign(format_checkpoint(origin, new_size, root))
+    await session.execute(
+        insert(_checkpoints).values(
+            tree_size=new_size, root_hash=root, note=note, key_id=key_id_hex(signer), created_at=utcnow()
+        )
+    )
+    return BatchResult(sequenced=len(pending), tree_size=new_size, root_hash=root)
+
+
+async def sequence_pending(
+    sessionmaker: async_sessionmaker[AsyncSession], *, signer: Ed25519NoteSigner, origin: str, batch_size: int
+) -> int:
+    """Sequence everything pending now, batch by batch; returns how many entries were sequenced."""
+    total = 0
+    while True:
+        async with sessionmaker.begin() as session:
+            result = await sequence_batch(session, signer=signer, origin=origin, batch_size=batch_size)
+        if result is None:
+            return total
+        total += result.sequenced
+        log.debug("audit_batch_sequenced", entries=result.sequenced, tree_size=result.tree_size)
+
+
+async def sequencer_task(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: run the sequencer in this process until shutdown."""
+    settings = app[settings_key]
+    if not settings.run_background_tasks:
+        yield
+        return
+    task = asyncio.create_task(_run(app), name="audit-sequencer")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _run(app: web.Application) -> None:
+    settings = app[settings_key]
+    interval = settings.audit_batch_interval_ms / 1000
+    while True:
+        signer = note_signer(app[service_keys_key].active, settings.audit_origin)
+        try:
+            await sequence_pending(
+                app[sessionmaker_key],
+                signer=signer,
+                origin=settings.audit_origin,
+                batch_size=settings.audit_batch_size,
+            )
+        except (IntegrityError, OperationalError, DBAPIError, OSError) as exc:
+            # Another sequencer won a race, or the database is away: the batch rolled back; try again later.
+            log.warning("audit_sequencing_failed", error=type(exc).__name__)
+        await asyncio.sleep(interval)
