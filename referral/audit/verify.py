@@ -73,7 +73,8 @@ async def verify_service(
         except ValueError as exc:
             raise VerificationFailed(f"latest checkpoint does not verify with {vkey}: {exc}") from exc
         previous_size: int | None = state.get("tree_size")
-        if previous_size is not None:
+        # Checkpoints exist only for non-empty trees; an empty one is a prefix of every tree.
+        if previous_size:
             previous_root = base64.b64decode(state["root_hash"])
             if checkpoint.size < previous_size:
                 raise VerificationFailed(f"tree shrank from {previous_size} to {checkpoint.size} leaves")

@@ -398,12 +398,15 @@ def test_verify_rejects_proof_hashes_of_the_wrong_size() -> None:
     consistency = consistency_proof(LEAVES, 6, 8)
     for position in range(3):
         for length in (31, 33):
+            # Refused for its length before any hashing, not merely because the root comes out wrong.
             wrong = list(inclusion)
             wrong[position] = (wrong[position] + b"\x00")[:length]
-            assert rejects(verify_inclusion, 5, 8, LEAVES[5], wrong, ROOTS[8])
+            with pytest.raises(ProofError, match="proof hash must be 32 bytes"):
+                verify_inclusion(5, 8, LEAVES[5], wrong, ROOTS[8])
             wrong = list(consistency)
             wrong[position] = (wrong[position] + b"\x00")[:length]
-            assert rejects(verify_consistency, 6, 8, wrong, ROOTS[6], ROOTS[8])
+            with pytest.raises(ProofError, match="proof hash must be 32 bytes"):
+                verify_consistency(6, 8, wrong, ROOTS[6], ROOTS[8])
 
 
 ROOT_A = hashlib.sha256(b"don't care 1").digest()
