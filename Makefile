@@ -20,9 +20,10 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@ $(RUNTIME_STAMP)
 
-## run: install, migrate the embedded SQLite database, and serve on http://127.0.0.1:8080
+## run: install, migrate the embedded SQLite database, seed the demo, and serve on http://127.0.0.1:8080
 run: $(RUNTIME_STAMP)
 	$(BIN)/referral db upgrade
+	$(BIN)/referral demo
 	$(BIN)/referral serve
 
 ## test: lint, type checks, and the whole test suite on SQLite and PostgreSQL

@@ -9,6 +9,9 @@ from aiohttp import web
 
 from referral.audit.routes import routes as audit_routes
 from referral.audit.sequencer import sequencer_task
+from referral.auth.middleware import auth_middleware
+from referral.auth.routes import routes as auth_routes
+from referral.auth.state import auth_context
 from referral.config import Settings
 from referral.core import service_keys
 from referral.core.appkeys import engine_key, service_keys_key, sessionmaker_key, settings_key
@@ -16,6 +19,9 @@ from referral.core.db import create_engine, create_sessionmaker
 from referral.core.migrations import ensure_schema_at_head
 from referral.core.web import request_context_middleware
 from referral.health.routes import routes as health_routes
+from referral.parties.routes import routes as party_routes
+from referral.referrals.routes import referrals_context
+from referral.referrals.routes import routes as referral_routes
 
 log = structlog.get_logger("referral.app")
 
@@ -41,13 +47,18 @@ async def _service_keys(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     """Build the web application for ``settings``; resources open on startup and close on cleanup."""
     app = web.Application(
-        middlewares=[request_context_middleware],
+        middlewares=[request_context_middleware, auth_middleware],
         client_max_size=settings.body_limit,
     )
     app[settings_key] = settings
     app.cleanup_ctx.append(_service_keys)
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(auth_context)
+    app.cleanup_ctx.append(referrals_context)
     app.cleanup_ctx.append(sequencer_task)
     app.router.add_routes(health_routes)
     app.router.add_routes(audit_routes)
+    app.router.add_routes(auth_routes)
+    app.router.add_routes(party_routes)
+    app.router.add_routes(referral_routes)
     return app

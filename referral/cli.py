@@ -7,15 +7,22 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 
-from referral import __version__
+from referral import __version__, demo
 from referral.audit import cli as audit_cli
+from referral.auth import cli as auth_cli
 from referral.config import Settings
 from referral.core.logging import configure_logging
+from referral.parties import cli as parties_cli
 
 Command = Callable[[argparse.Namespace, Settings], int]
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
-FEATURE_COMMANDS: list[Registrar] = [audit_cli.register]
+FEATURE_COMMANDS: list[Registrar] = [
+    audit_cli.register,
+    auth_cli.register,
+    parties_cli.register,
+    demo.register,
+]
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:

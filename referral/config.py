@@ -39,6 +39,19 @@ class Settings(BaseSettings):
     audit_batch_interval_ms: int = Field(default=250, ge=1)
     # Run the background tasks (audit sequencer, ...) in the API process; off when `referral worker` does.
     run_background_tasks: bool = True
+    # Lifetime of the access tokens issued at /oauth/token (RFC 9068 JWTs).
+    access_token_ttl_seconds: int = Field(default=900, ge=60, le=86_400)
+    # Client assertions (private_key_jwt) must expire within this many seconds of now; their jti is kept
+    # that long to refuse replays.
+    client_assertion_max_lifetime_seconds: int = Field(default=300, ge=10, le=3600)
+    # Tolerated clock difference when checking exp, nbf and iat of assertions and tokens.
+    clock_skew_seconds: int = Field(default=30, ge=0, le=300)
+    # Failed client authentications tolerated per client id and per address within the window before 429.
+    login_max_failures: int = Field(default=10, ge=1)
+    login_failure_window_seconds: int = Field(default=300, ge=1)
+    # Verified access tokens cached in memory, and how often a cached token's client is re-checked.
+    access_token_cache_size: int = Field(default=10_000, ge=0)
+    access_token_recheck_seconds: float = Field(default=30.0, ge=0)
 
     @property
     def service_key_path(self) -> Path:

@@ -2,7 +2,9 @@
 
 from referral.audit import models as audit_models
 from referral.core.db import Base
+from referral.parties import models as party_models
+from referral.referrals import models as referral_models
 
 metadata = Base.metadata
 
-__all__ = ["audit_models", "metadata"]
+__all__ = ["audit_models", "metadata", "party_models", "referral_models"]

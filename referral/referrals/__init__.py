@@ -1,0 +1,1 @@
+"""Referrals, removal orders and preservation requests: signed documents, lifecycle rules."""

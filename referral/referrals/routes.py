@@ -1,0 +1,227 @@
+"""``/v1/referrals``: submit (single and batch), list, read, and record statuses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.exc import IntegrityError
+
+from referral.auth.principal import Principal, require_scope
+from referral.core import errors
+from referral.core.appkeys import service_keys_key, sessionmaker_key
+from referral.core.timeutil import utcnow
+from referral.core.web import json_response, problem_response, request_id
+from referral.referrals import service
+from referral.referrals.documents import DocumentType, Status
+from referral.referrals.signed import ReceiptSigner
+
+routes = web.RouteTableDef()
+receipt_signer_key = web.AppKey("receipt_signer_key", ReceiptSigner)
+
+MAX_BATCH = 100
+JOSE = "application/jose"
+
+
+async def referrals_context(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the receipt signer over the service keys."""
+    app[receipt_signer_key] = ReceiptSigner(app[service_keys_key])
+    yield
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.BadRequest("the body is not valid JSON") from exc
+
+
+async def _compact_from_body(request: web.Request) -> str:
+    """The compact JWS of a single-document POST: ``application/jose`` or JSON ``{"jws": ...}``."""
+    if request.content_type == JOSE:
+        try:
+            return (await request.read()).decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise errors.BadRequest("a compact JWS is ASCII") from exc
+    if request.content_type == "application/json":
+        body = await _json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("jws"), str) or set(body) != {"jws"}:
+            raise errors.BadRequest('a JSON body must be {"jws": "<compact JWS>"}')
+        return str(body["jws"])
+    raise errors.UnsupportedMediaType(f"send {JOSE} or application/json")
+
+
+def _submission_body(submission: service.Submission, now: datetime) -> dict[str, Any]:
+    return {"referral": service.summary(submission.referral, now), "receipt": submission.referral.receipt}
+
+
+async def _submit(request: web.Request, principal: Principal, compact: str) -> service.Submission:
+    sessionmaker = request.app[sessionmaker_key]
+    for attempt in range(2):
+        try:
+            async with sessionmaker.begin() as session:
+                return await service.submit_referral(
+                    session,
+                    principal=principal,
+                    compact=compact,
+                    received_at=utcnow(),
+                    receipts=request.app[receipt_signer_key],
+                    request_id=request_id(request),
+                )
+        except IntegrityError:
+            # A concurrent request stored the same jti first; the retry answers as a repeat or a conflict.
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+@routes.post("/v1/referrals")
+async def submit_referral(request: web.Request) -> web.Response:
+    """Submit a signed referral, removal order or preservation request."""
+    principal = require_scope(request, "referrals:write")
+    compact = await _compact_from_body(request)
+    submission = await _submit(request, principal, compact)
+    location = f"/v1/referrals/{submission.referral.id}"
+    return json_response(
+        _submission_body(submission, utcnow()),
+        status=201 if submission.created else 200,
+        headers={"Location": location},
+    )
+
+
+@routes.post("/v1/referrals:batch")
+async def submit_referrals_batch(request: web.Request) -> web.Response:
+    """Submit up to 100 signed documents; each is accepted or refused on its own."""
+    principal = require_scope(request, "referrals:write")
+    body = await _json_body(request)
+    documents = body.get("documents") if isinstance(body, dict) else None
+    if not isinstance(documents, list) or not all(isinstance(item, str) for item in documents):
+        raise errors.BadRequest('the body must be {"documents": ["<compact JWS>", ...]}')
+    if not 1 <= len(documents) <= MAX_BATCH:
+        raise errors.BadRequest(f"a batch holds 1 to {MAX_BATCH} documents")
+    results = []
+    for index, compact in enumerate(documents):
+        try:
+            submission = await _submit(request, principal, compact)
+        except errors.Problem as problem:
+            body_of_problem = json.loads(problem_response(problem, request).body)  # type: ignore[arg-type]
+            results.append({"index": index, "status": problem.status, "problem": body_of_problem})
+            continue
+        results.append(
+            {
+                "index": index,
+                "status": 201 if submission.created else 200,
+                **_submission_body(submission, utcnow()),
+            }
+        )
+    return json_response({"results": results})
+
+
+def _enum_query(request: web.Request, name: str, enum: type[Any]) -> Any:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        return enum(raw)
+    except ValueError as exc:
+        allowed = ", ".join(member.value for member in enum)
+        raise errors.BadRequest(f"{name} must be one of: {allowed}") from exc
+
+
+def _time_query(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise errors.BadRequest(f"{name} must be an RFC 3339 date-time") from exc
+    if moment.tzinfo is None:
+        raise errors.BadRequest(f"{name} needs a time zone (e.g. Z)")
+    return moment
+
+
+@routes.get("/v1/referrals")
+async def list_referrals(request: web.Request) -> web.Response:
+    """The caller's referrals, newest first, with filters and a cursor."""
+    principal = require_scope(request, "referrals:read")
+    overdue_raw = request.query.get("overdue")
+    if overdue_raw not in (None, "true", "false"):
+        raise errors.BadRequest("overdue must be true or false")
+    filters = service.ListFilters(
+        type=_enum_query(request, "type", DocumentType),
+        status=_enum_query(request, "status", Status),
+        overdue=None if overdue_raw is None else overdue_raw == "true",
+        received_from=_time_query(request, "from"),
+        received_to=_time_query(request, "to"),
+    )
+    limit_raw = request.query.get("limit", "50")
+    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= service.MAX_PAGE_SIZE:
+        raise errors.BadRequest(f"limit must be 1 to {service.MAX_PAGE_SIZE}")
+    cursor = request.query.get("after")
+    now = utcnow()
+    async with request.app[sessionmaker_key].begin() as session:
+        page, next_cursor = await service.list_referrals(
+            session,
+            principal=principal,
+            filters=filters,
+            after=service.decode_cursor(cursor) if cursor else None,
+            limit=int(limit_raw),
+            now=now,
+            request_id=request_id(request),
+        )
+    return json_response({"referrals": service.summaries(page, now), "next": next_cursor})
+
+
+@routes.get("/v1/referrals/{referral_id}")
+async def get_referral(request: web.Request) -> web.Response:
+    """One referral with its original JWS, status history and related referrals (an audited read)."""
+    principal = require_scope(request, "referrals:read")
+    now = utcnow()
+    async with request.app[sessionmaker_key].begin() as session:
+        referral, history, links = await service.read_referral(
+            session,
+            principal=principal,
+            referral_id=request.match_info["referral_id"],
+            at=now,
+            request_id=request_id(request),
+        )
+    return json_response(service.detail(referral, history, links, now))
+
+
+@routes.post("/v1/referrals/{referral_id}/statuses")
+async def record_status(request: web.Request) -> web.Response:
+    """Record a signed status update (provider) or a withdrawal or answer to questions (authority)."""
+    principal = require_scope(request, "referrals:read")
+    scope = "referrals:write" if "referrals:write" in principal.scopes else "statuses:write"
+    require_scope(request, scope)
+    compact = await _compact_from_body(request)
+    referral_id = request.match_info["referral_id"]
+    for attempt in range(2):
+        try:
+            async with request.app[sessionmaker_key].begin() as session:
+                recorded = await service.record_status(
+                    session,
+                    principal=principal,
+                    referral_id=referral_id,
+                    compact=compact,
+                    received_at=utcnow(),
+                    receipts=request.app[receipt_signer_key],
+                    request_id=request_id(request),
+                )
+            break
+        except IntegrityError:
+            if attempt:
+                raise
+    now = utcnow()
+    return json_response(
+        {
+            "referral": service.summary(recorded.referral, now),
+            "status": service.status_view(recorded.status),
+            "receipt": recorded.status.receipt,
+        },
+        status=201 if recorded.created else 200,
+    )

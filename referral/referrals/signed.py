@@ -1,0 +1,99 @@
+"""Signed documents on the wire: compact JWS parsing before verification, and the service's receipts."""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import OKPKey
+
+from referral.auth.jose import ALGORITHMS, JWS_REGISTRY
+from referral.core import errors
+from referral.core.canonical import canonical_json
+from referral.core.service_keys import ServiceKey, ServiceKeyRing
+
+REFERRAL_TYP = "referral+jws"
+STATUS_TYP = "status+jws"
+RECEIPT_TYP = "receipt+jws"
+# A 1000-item referral with long URLs and descriptions stays well under this.
+MAX_COMPACT_JWS_BYTES = 1_500_000
+
+
+class MalformedDocument(errors.Problem):
+    """The body is not a compact JWS of the expected kind."""
+
+    status = 400
+    slug = "malformed-document"
+    title = "Malformed signed document"
+
+
+@dataclass(frozen=True)
+class UnverifiedDocument:
+    """A compact JWS whose header and payload parse, before its signature is checked."""
+
+    compact: str
+    kid: str
+    alg: str
+    claims: dict[str, Any]
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the compact JWS exactly as received."""
+        return hashlib.sha256(self.compact.encode("ascii")).hexdigest()
+
+
+def parse_compact(compact: str, *, typ: str) -> UnverifiedDocument:
+    """Parse a compact JWS of ``typ`` and check its header; the signature is verified by the caller."""
+    compact = compact.strip()
+    if len(compact) > MAX_COMPACT_JWS_BYTES:
+        raise errors.PayloadTooLarge(f"a signed document may not exceed {MAX_COMPACT_JWS_BYTES} bytes")
+    if not compact.isascii() or compact.count(".") != 2:
+        raise MalformedDocument("expected a JWS in compact serialization (three base64url parts)")
+    try:
+        signature = jws.extract_compact(compact.encode("ascii"))
+        header = signature.headers()
+        payload = json.loads(signature.payload)
+    except (JoseError, ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise MalformedDocument("the JWS header or payload is not valid base64url JSON") from exc
+    if header.get("alg") not in ALGORITHMS:
+        raise MalformedDocument(f"alg must be one of {', '.join(ALGORITHMS)}", allowed=list(ALGORITHMS))
+    if header.get("typ") != typ:
+        raise MalformedDocument(f"typ must be {typ!r}")
+    if "crit" in header:
+        raise MalformedDocument("no critical header extensions are supported")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise MalformedDocument("the header must name the signing key in kid")
+    if not isinstance(payload, dict):
+        raise MalformedDocument("the payload must be a JSON object")
+    return UnverifiedDocument(compact=compact, kid=kid, alg=str(header["alg"]), claims=payload)
+
+
+class ReceiptSigner:
+    """Signs receipts (compact JWS, ``typ`` receipt+jws) with the service's active key."""
+
+    def __init__(self, keys: ServiceKeyRing) -> None:
+        self._keys = keys
+        self._imported: dict[str, OKPKey] = {}
+
+    def _key(self, key: ServiceKey) -> OKPKey:
+        if key.kid not in self._imported:
+            self._imported[key.kid] = OKPKey.import_key(dict(key.private_jwk()))
+        return self._imported[key.kid]
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        """A receipt over ``claims``, serialised as RFC 8785 JSON so anyone can recompute the bytes."""
+        active = self._keys.active
+        header = {"alg": "EdDSA", "typ": RECEIPT_TYP, "kid": active.kid}
+        return jws.serialize_compact(
+            header,
+            canonical_json(claims),
+            self._key(active),
+            algorithms=list(ALGORITHMS),
+            registry=JWS_REGISTRY,
+        )
