@@ -16,6 +16,7 @@ from referral.config import Settings
 from referral.core import service_keys
 from referral.core.appkeys import engine_key, service_keys_key, sessionmaker_key, settings_key
 from referral.core.db import create_engine, create_sessionmaker
+from referral.core.idempotency import idempotency_middleware
 from referral.core.migrations import ensure_schema_at_head
 from referral.core.web import request_context_middleware
 from referral.health.routes import routes as health_routes
@@ -47,7 +48,7 @@ async def _service_keys(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     """Build the web application for ``settings``; resources open on startup and close on cleanup."""
     app = web.Application(
-        middlewares=[request_context_middleware, auth_middleware],
+        middlewares=[request_context_middleware, auth_middleware, idempotency_middleware],
         client_max_size=settings.body_limit,
     )
     app[settings_key] = settings
