@@ -21,6 +21,7 @@ from referral.core.migrations import ensure_schema_at_head
 from referral.core.web import request_context_middleware
 from referral.health.routes import routes as health_routes
 from referral.parties.routes import routes as party_routes
+from referral.referrals.clock import clock_task
 from referral.referrals.routes import referrals_context
 from referral.referrals.routes import routes as referral_routes
 
@@ -57,6 +58,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(auth_context)
     app.cleanup_ctx.append(referrals_context)
     app.cleanup_ctx.append(sequencer_task)
+    app.cleanup_ctx.append(clock_task)
     app.router.add_routes(health_routes)
     app.router.add_routes(audit_routes)
     app.router.add_routes(auth_routes)

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     audit_batch_interval_ms: int = Field(default=250, ge=1)
     # Run the background tasks (audit sequencer, ...) in the API process; off when `referral worker` does.
     run_background_tasks: bool = True
+    # How often the referral clock looks for lapsed preservations.
+    clock_interval_seconds: float = Field(default=30.0, gt=0)
     # Lifetime of the access tokens issued at /oauth/token (RFC 9068 JWTs).
     access_token_ttl_seconds: int = Field(default=900, ge=60, le=86_400)
     # Client assertions (private_key_jwt) must expire within this many seconds of now; their jti is kept

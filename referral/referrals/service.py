@@ -247,9 +247,10 @@ async def get_visible(
     return referral
 
 
-async def _record_server_status(
+async def record_server_status(
     session: AsyncSession, *, referral: Referral, status: Status, at: datetime, request_id: str | None
 ) -> None:
+    """Record a status the service sets itself (delivered, expired) in the history and the audit log."""
     entry = await append_entry(
         session,
         action=f"referral.{status.value}",
@@ -287,7 +288,7 @@ async def mark_delivered(
     )
     if changed.rowcount != 1:  # type: ignore[attr-defined]
         return
-    await _record_server_status(
+    await record_server_status(
         session, referral=referral, status=Status.DELIVERED, at=at, request_id=request_id
     )
     referral.status = Status.DELIVERED.value

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from referral.audit.models import AuditEntry
 from referral.config import Settings
 from referral.core.appkeys import sessionmaker_key
+from referral.referrals.clock import expire_preservations
 from referral.referrals.models import Referral, ReferralItem, ReferralStatus
 from tests.auth.factories import TestParty, bearer, make_party, new_key, sign_document
 
@@ -503,3 +504,37 @@ async def test_unauthenticated_and_wrong_kind(client: TestClient[Any, Any], prov
 
 def test_new_key_helper_is_independent() -> None:
     assert new_key("EC").get("crv") == "P-256"
+
+
+async def test_lapsed_preservations_expire(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    _, body, _ = await submit(client, authority, referral_claims(authority, provider, "preservation_request"))
+    referral_id = body["referral"]["id"]
+    for step in ("acknowledged", "preserved"):
+        code, answer = await post_status(
+            client, provider, referral_id, status_claims(provider, referral_id, step)
+        )
+        assert code == 201, answer
+    app = client.server.app
+    assert app is not None
+    preserved_until = datetime.fromisoformat(answer["referral"]["preserved_until"])
+    async with app[sessionmaker_key].begin() as session:
+        assert await expire_preservations(session, now=preserved_until - timedelta(seconds=1)) == 0
+    async with app[sessionmaker_key].begin() as session:
+        assert await expire_preservations(session, now=preserved_until) == 1
+    detail = await (
+        await client.get(f"/v1/referrals/{referral_id}", headers=await bearer(client, authority))
+    ).json()
+    assert detail["status"] == "expired"
+    assert detail["closed_at"] is not None
+    assert detail["history"][-1]["status"] == "expired"
+    assert detail["history"][-1]["actor"] is None
+    async with app[sessionmaker_key]() as session:
+        actions = set((await session.execute(select(AuditEntry.action))).scalars())
+    assert "referral.expired" in actions
+    # A lapsed preservation cannot be extended any more.
+    code, _ = await post_status(
+        client, provider, referral_id, status_claims(provider, referral_id, "preservation_extended")
+    )
+    assert code == 409
