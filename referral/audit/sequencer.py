@@ -9,8 +9,6 @@ on SQLite the database's single writer does the same.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import cast
 
@@ -26,6 +24,7 @@ from referral.audit.note import Ed25519NoteSigner, format_checkpoint
 from referral.audit.service import entry_document
 from referral.audit.tree import Node, NodeKey, append_leaves, edge_root, right_edge
 from referral.core.appkeys import service_keys_key, sessionmaker_key, settings_key
+from referral.core.background import background_task
 from referral.core.canonical import canonical_json
 from referral.core.service_keys import ServiceKey
 from referral.core.timeutil import utcnow
@@ -160,19 +159,6 @@ async def sequence_pending(
         log.debug("audit_batch_sequenced", entries=result.sequenced, tree_size=result.tree_size)
 
 
-async def sequencer_task(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: run the sequencer in this process until shutdown."""
-    settings = app[settings_key]
-    if not settings.run_background_tasks:
-        yield
-        return
-    task = asyncio.create_task(_run(app), name="audit-sequencer")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 async def _run(app: web.Application) -> None:
     settings = app[settings_key]
     interval = settings.audit_batch_interval_ms / 1000
@@ -189,3 +175,6 @@ async def _run(app: web.Application) -> None:
             # Another sequencer won a race, or the database is away: the batch rolled back; try again later.
             log.warning("audit_sequencing_failed", error=type(exc).__name__)
         await asyncio.sleep(interval)
+
+
+sequencer_task = background_task("audit-sequencer", _run)

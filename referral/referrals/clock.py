@@ -7,8 +7,6 @@ taken with ``FOR UPDATE SKIP LOCKED`` so several processes can sweep at once wit
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import datetime
 
 import structlog
@@ -18,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referral.core.appkeys import sessionmaker_key, settings_key
+from referral.core.background import background_task
 from referral.core.timeutil import utcnow
 from referral.referrals.documents import DocumentType, Status
 from referral.referrals.models import Referral
@@ -55,18 +54,6 @@ async def expire_preservations(session: AsyncSession, *, now: datetime) -> int:
     return len(lapsed)
 
 
-async def clock_task(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: sweep in this process until shutdown (unless background tasks are off)."""
-    if not app[settings_key].run_background_tasks:
-        yield
-        return
-    task = asyncio.create_task(_run(app), name="referral-clock")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 async def _run(app: web.Application) -> None:
     interval = app[settings_key].clock_interval_seconds
     while True:
@@ -78,3 +65,6 @@ async def _run(app: web.Application) -> None:
         except (OperationalError, DBAPIError, OSError) as exc:
             log.warning("referral_clock_failed", error=type(exc).__name__)
         await asyncio.sleep(interval)
+
+
+clock_task = background_task("referral-clock", _run)
