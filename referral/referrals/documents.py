@@ -849,9 +849,9 @@ class StatusDocument(BaseModel):
         return problems
 
 
-def outcome_problems(referral: ReferralDocument, status: StatusDocument) -> list[str]:
-    """Why the status's item outcomes do not fit the referral's items; empty when they do."""
-    count = len(referral.items)
+def outcome_problems(item_count: int, status: StatusDocument) -> list[str]:
+    """Why the status's item outcomes do not fit a referral of ``item_count`` items; empty when they do."""
+    count = item_count
     problems = [
         f"items[{position}].index {outcome.index} is not an item of the referral (it has {count})"
         for position, outcome in enumerate(status.items)
