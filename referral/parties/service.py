@@ -15,7 +15,7 @@ from referral.audit.service import append_entry
 from referral.core import errors
 from referral.core.canonical import canonical_json
 from referral.core.ids import new_id
-from referral.core.timeutil import isoformat, utcnow
+from referral.core.timeutil import isoformat, isoformat_or_none, utcnow
 from referral.parties import revocation
 from referral.parties.keys import parse_public_jwk
 from referral.parties.models import ApiClient, Party, PartyKey
@@ -65,9 +65,9 @@ def key_document(key: PartyKey) -> dict[str, Any]:
         "alg": key.alg,
         "jwk": dict(key.jwk),
         "not_before": isoformat(key.not_before),
-        "not_after": isoformat(key.not_after) if key.not_after else None,
+        "not_after": isoformat_or_none(key.not_after),
         "created_at": isoformat(key.created_at),
-        "revoked_at": isoformat(key.revoked_at) if key.revoked_at else None,
+        "revoked_at": isoformat_or_none(key.revoked_at),
         "revocation_reason": key.revocation_reason,
     }
 
@@ -81,7 +81,7 @@ def client_document(client: ApiClient) -> dict[str, Any]:
         "kid": client.kid,
         "jwk": dict(client.jwk),
         "created_at": isoformat(client.created_at),
-        "disabled_at": isoformat(client.disabled_at) if client.disabled_at else None,
+        "disabled_at": isoformat_or_none(client.disabled_at),
         "disabled_reason": client.disabled_reason,
     }
 

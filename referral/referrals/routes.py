@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from referral.auth.principal import Principal, require_scope
 from referral.core import errors
@@ -18,6 +19,8 @@ from referral.core.web import json_response, problem_response, request_id
 from referral.referrals import service
 from referral.referrals.documents import DocumentType, Status
 from referral.referrals.signed import ReceiptSigner
+
+T = TypeVar("T")
 
 routes = web.RouteTableDef()
 receipt_signer_key = web.AppKey("receipt_signer_key", ReceiptSigner)
@@ -58,24 +61,29 @@ def _submission_body(submission: service.Submission, now: datetime) -> dict[str,
     return {"referral": service.summary(submission.referral, now), "receipt": submission.referral.receipt}
 
 
+async def _once_more_on_race(request: web.Request, use_case: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run a use case in one transaction; if a concurrent request stored the same ``jti`` first, run it once
+    more, when it answers as an idempotent repeat or a conflict."""
+    try:
+        async with request.app[sessionmaker_key].begin() as session:
+            return await use_case(session)
+    except IntegrityError:
+        async with request.app[sessionmaker_key].begin() as session:
+            return await use_case(session)
+
+
 async def _submit(request: web.Request, principal: Principal, compact: str) -> service.Submission:
-    sessionmaker = request.app[sessionmaker_key]
-    for attempt in range(2):
-        try:
-            async with sessionmaker.begin() as session:
-                return await service.submit_referral(
-                    session,
-                    principal=principal,
-                    compact=compact,
-                    received_at=utcnow(),
-                    receipts=request.app[receipt_signer_key],
-                    request_id=request_id(request),
-                )
-        except IntegrityError:
-            # A concurrent request stored the same jti first; the retry answers as a repeat or a conflict.
-            if attempt:
-                raise
-    raise AssertionError("unreachable")
+    return await _once_more_on_race(
+        request,
+        lambda session: service.submit_referral(
+            session,
+            principal=principal,
+            compact=compact,
+            received_at=utcnow(),
+            receipts=request.app[receipt_signer_key],
+            request_id=request_id(request),
+        ),
+    )
 
 
 @routes.post("/v1/referrals")
@@ -199,23 +207,18 @@ async def record_status(request: web.Request) -> web.Response:
     scope = "referrals:write" if "referrals:write" in principal.scopes else "statuses:write"
     require_scope(request, scope)
     compact = await _compact_from_body(request)
-    referral_id = request.match_info["referral_id"]
-    for attempt in range(2):
-        try:
-            async with request.app[sessionmaker_key].begin() as session:
-                recorded = await service.record_status(
-                    session,
-                    principal=principal,
-                    referral_id=referral_id,
-                    compact=compact,
-                    received_at=utcnow(),
-                    receipts=request.app[receipt_signer_key],
-                    request_id=request_id(request),
-                )
-            break
-        except IntegrityError:
-            if attempt:
-                raise
+    recorded = await _once_more_on_race(
+        request,
+        lambda session: service.record_status(
+            session,
+            principal=principal,
+            referral_id=request.match_info["referral_id"],
+            compact=compact,
+            received_at=utcnow(),
+            receipts=request.app[receipt_signer_key],
+            request_id=request_id(request),
+        ),
+    )
     now = utcnow()
     return json_response(
         {

@@ -16,7 +16,7 @@ from referral.audit.service import append_entry
 from referral.auth.principal import PartyKind, Principal
 from referral.core import errors
 from referral.core.ids import new_id
-from referral.core.timeutil import isoformat
+from referral.core.timeutil import isoformat, isoformat_or_none
 from referral.parties.keys import signing_key
 from referral.parties.models import Party
 from referral.referrals import lifecycle
@@ -140,7 +140,7 @@ async def submit_referral(
             "referral_id": referral_id,
             "jws_sha256": unverified.sha256,
             "received_at": isoformat(received_at),
-            "deadline": isoformat(deadline) if deadline else None,
+            "deadline": isoformat_or_none(deadline),
             "audit_entry_id": entry.id,
         }
     )
@@ -535,7 +535,7 @@ async def record_status(
             "status": document.status.value,
             "jws_sha256": unverified.sha256,
             "received_at": isoformat(received_at),
-            "deadline": isoformat(referral.deadline) if referral.deadline else None,
+            "deadline": isoformat_or_none(referral.deadline),
             "audit_entry_id": entry.id,
         }
     )
@@ -576,13 +576,13 @@ def summary(referral: Referral, now: datetime) -> dict[str, Any]:
         "item_count": referral.item_count,
         "status": referral.status,
         "received_at": isoformat(referral.received_at),
-        "deadline": isoformat(referral.deadline) if referral.deadline else None,
+        "deadline": isoformat_or_none(referral.deadline),
         "overdue": is_overdue(referral, now),
-        "delivered_at": isoformat(referral.delivered_at) if referral.delivered_at else None,
-        "acknowledged_at": isoformat(referral.acknowledged_at) if referral.acknowledged_at else None,
-        "decided_at": isoformat(referral.decided_at) if referral.decided_at else None,
-        "closed_at": isoformat(referral.closed_at) if referral.closed_at else None,
-        "preserved_until": isoformat(referral.preserved_until) if referral.preserved_until else None,
+        "delivered_at": isoformat_or_none(referral.delivered_at),
+        "acknowledged_at": isoformat_or_none(referral.acknowledged_at),
+        "decided_at": isoformat_or_none(referral.decided_at),
+        "closed_at": isoformat_or_none(referral.closed_at),
+        "preserved_until": isoformat_or_none(referral.preserved_until),
         "case_reference": referral.document.get("case_reference"),
         "audit_entry_id": referral.audit_entry_id,
     }
