@@ -152,6 +152,23 @@ async def test_removal_order_lifecycle(
     assert detail_body["status"] == "delivered"
     assert detail_body["jws"] == compact
     assert detail_body["history"][0]["status"] == "delivered"
+    app = client.server.app
+    assert app is not None
+    async with app[sessionmaker_key]() as session:
+        audited = list(
+            (
+                await session.execute(
+                    select(AuditEntry.action, AuditEntry.actor_party, AuditEntry.digest).where(
+                        AuditEntry.subject_id == referral["id"]
+                    )
+                )
+            ).all()
+        )
+    # Submission, the server-recorded delivery, and the provider's read of the content (with its digest).
+    actions = {row[0]: row[1:] for row in audited}
+    assert sorted(actions) == ["referral.delivered", "referral.read", "referral.submitted"]
+    assert actions["referral.read"] == (provider.party_id, receipt["jws_sha256"])
+    assert actions["referral.delivered"][0] is None  # recorded by the service itself
 
     for step in ("acknowledged", "action_taken"):
         code, answer = await post_status(
