@@ -19,11 +19,17 @@ from referral.core.db import create_engine, create_sessionmaker
 from referral.core.idempotency import idempotency_middleware
 from referral.core.migrations import ensure_schema_at_head
 from referral.core.web import request_context_middleware
+from referral.feed.notifier import Notifier, notifier_key, notifier_listener
+from referral.feed.outbox import NOTIFIER_KEY
+from referral.feed.routes import feed_context
+from referral.feed.routes import routes as feed_routes
 from referral.health.routes import routes as health_routes
 from referral.parties.routes import routes as party_routes
 from referral.referrals.clock import clock_task
 from referral.referrals.routes import referrals_context
 from referral.referrals.routes import routes as referral_routes
+from referral.webhooks.delivery import delivery_task, webhooks_context
+from referral.webhooks.routes import routes as webhook_routes
 
 log = structlog.get_logger("referral.app")
 
@@ -35,7 +41,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         if settings.check_schema:
             await ensure_schema_at_head(engine)
         app[engine_key] = engine
-        app[sessionmaker_key] = create_sessionmaker(engine)
+        app[sessionmaker_key] = create_sessionmaker(engine, info={NOTIFIER_KEY: app[notifier_key]})
         yield
     finally:
         await engine.dispose()
@@ -46,6 +52,27 @@ async def _service_keys(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+def _shared_contexts(app: web.Application) -> None:
+    """What API processes and workers both run: keys, database, wake-ups, background loops."""
+    app[notifier_key] = Notifier()
+    app.cleanup_ctx.append(_service_keys)
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(notifier_listener)
+    app.cleanup_ctx.append(webhooks_context)
+    app.cleanup_ctx.append(sequencer_task)
+    app.cleanup_ctx.append(clock_task)
+    app.cleanup_ctx.append(delivery_task)
+
+
+def create_worker_app(settings: Settings) -> web.Application:
+    """The background work without the HTTP API: audit sequencer, referral clock and webhook delivery
+    (``referral worker``; API processes then run with ``REFERRAL_RUN_BACKGROUND_TASKS=false``)."""
+    app = web.Application()
+    app[settings_key] = settings.model_copy(update={"run_background_tasks": True})
+    _shared_contexts(app)
+    return app
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the web application for ``settings``; resources open on startup and close on cleanup."""
     app = web.Application(
@@ -53,15 +80,15 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.body_limit,
     )
     app[settings_key] = settings
-    app.cleanup_ctx.append(_service_keys)
-    app.cleanup_ctx.append(_database)
+    _shared_contexts(app)
     app.cleanup_ctx.append(auth_context)
     app.cleanup_ctx.append(referrals_context)
-    app.cleanup_ctx.append(sequencer_task)
-    app.cleanup_ctx.append(clock_task)
+    app.cleanup_ctx.append(feed_context)
     app.router.add_routes(health_routes)
     app.router.add_routes(audit_routes)
     app.router.add_routes(auth_routes)
     app.router.add_routes(party_routes)
     app.router.add_routes(referral_routes)
+    app.router.add_routes(feed_routes)
+    app.router.add_routes(webhook_routes)
     return app

@@ -50,6 +50,38 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _worker(_args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+
+    import structlog
+    from aiohttp import web
+
+    from referral.app import create_worker_app
+
+    async def work() -> None:
+        runner = web.AppRunner(create_worker_app(settings), handle_signals=False)
+        await runner.setup()  # starts the background loops; no socket is opened
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signal_number, stopping.set)
+        structlog.get_logger("referral.worker").info("worker_started")
+        try:
+            await stopping.wait()
+        finally:
+            await runner.cleanup()
+        structlog.get_logger("referral.worker").info("worker_stopped")
+
+    _ensure_sqlite_directory(settings)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency everywhere but Windows
+        asyncio.run(work())
+    else:
+        uvloop.run(work())
+    return 0
+
+
 def _db(args: argparse.Namespace, settings: Settings) -> int:
     from referral.core import migrations
     from referral.core.db import create_engine
@@ -99,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (REFERRAL_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (REFERRAL_PORT)")
     serve.set_defaults(run=_serve)
+
+    worker = commands.add_parser(
+        "worker", help="run the audit sequencer, referral clock and webhook delivery without the HTTP API"
+    )
+    worker.set_defaults(run=_worker)
 
     db = commands.add_parser("db", help="manage the database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,8 +39,28 @@ class Settings(BaseSettings):
     audit_batch_interval_ms: int = Field(default=250, ge=1)
     # Run the background tasks (audit sequencer, ...) in the API process; off when `referral worker` does.
     run_background_tasks: bool = True
-    # How often the referral clock looks for lapsed preservations.
+    # How often the referral clock looks for lapsed deadlines and preservations.
     clock_interval_seconds: float = Field(default=30.0, gt=0)
+    # preservation.expiring is emitted this many days before a preservation lapses.
+    preservation_warning_days: int = Field(default=7, ge=1, le=60)
+    # Long-poll requests of the feed that one API client may hold open at once in one process.
+    feed_max_waiting_per_client: int = Field(default=4, ge=1, le=1000)
+    # Allow webhook URLs over plain http and to loopback or private addresses: local development and tests
+    # only, never in production (it lets any party make the service call into its own network).
+    webhook_allow_private: bool = False
+    # Delays before each retry of a failed webhook delivery, in seconds: the Standard Webhooks schedule
+    # (immediately, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h). A delivery that fails them all is failed,
+    # and disables its subscription.
+    webhook_retry_delays: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    # Seconds to wait for a webhook endpoint's answer; a delivery in flight is leased for this plus a margin.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    # How long a claimed delivery stays with its worker before another may send it again (if the first died
+    # mid-attempt); longer than the timeout, so a slow answer is never overtaken by a second attempt.
+    webhook_lease_seconds: float = Field(default=60.0, gt=0)
+    # How often delivery workers look for due retries (new events wake them at once).
+    webhook_poll_interval_seconds: float = Field(default=1.0, gt=0)
+    # Deliveries one worker sends at the same time.
+    webhook_concurrency: int = Field(default=16, ge=1, le=256)
     # Lifetime of the access tokens issued at /oauth/token (RFC 9068 JWTs).
     access_token_ttl_seconds: int = Field(default=900, ge=60, le=86_400)
     # Client assertions (private_key_jwt) must expire within this many seconds of now; their jti is kept
@@ -54,6 +74,12 @@ class Settings(BaseSettings):
     # Verified access tokens cached in memory, and how often a cached token's client is re-checked.
     access_token_cache_size: int = Field(default=10_000, ge=0)
     access_token_recheck_seconds: float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _lease_outlasts_timeout(self) -> Settings:
+        if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
+            raise ValueError("webhook_lease_seconds must be longer than webhook_timeout_seconds")
+        return self
 
     @property
     def service_key_path(self) -> Path:

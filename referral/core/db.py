@@ -87,6 +87,8 @@ def create_engine(settings: Settings, *, database_url: str | None = None) -> Asy
     )
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions that keep loaded objects usable after commit."""
-    return async_sessionmaker(engine, expire_on_commit=False)
+def create_sessionmaker(
+    engine: AsyncEngine, *, info: dict[str, Any] | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded objects usable after commit; ``info`` is copied into each session's."""
+    return async_sessionmaker(engine, expire_on_commit=False, info=info)

@@ -40,6 +40,10 @@ class Referral(Base):
     decided_at: Mapped[datetime | None]
     closed_at: Mapped[datetime | None]
     preserved_until: Mapped[datetime | None]
+    # When the clock emitted referral.overdue (once per referral).
+    overdue_notified_at: Mapped[datetime | None]
+    # The preserved_until that preservation.expiring was emitted for (an extension warns again).
+    expiry_warned_until: Mapped[datetime | None]
     updated_at: Mapped[datetime]
     audit_entry_id: Mapped[str] = mapped_column(String(36))
     receipt: Mapped[str] = mapped_column(Text)

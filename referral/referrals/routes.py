@@ -16,7 +16,7 @@ from referral.core import errors
 from referral.core.appkeys import service_keys_key, sessionmaker_key
 from referral.core.timeutil import utcnow
 from referral.core.web import json_response, problem_response, request_id
-from referral.referrals import service
+from referral.referrals import service, views
 from referral.referrals.documents import DocumentType, Status
 from referral.referrals.signed import ReceiptSigner
 
@@ -58,7 +58,7 @@ async def _compact_from_body(request: web.Request) -> str:
 
 
 def _submission_body(submission: service.Submission, now: datetime) -> dict[str, Any]:
-    return {"referral": service.summary(submission.referral, now), "receipt": submission.referral.receipt}
+    return {"referral": views.summary(submission.referral, now), "receipt": submission.referral.receipt}
 
 
 async def _once_more_on_race(request: web.Request, use_case: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -181,7 +181,7 @@ async def list_referrals(request: web.Request) -> web.Response:
             now=now,
             request_id=request_id(request),
         )
-    return json_response({"referrals": service.summaries(page, now), "next": next_cursor})
+    return json_response({"referrals": views.summaries(page, now), "next": next_cursor})
 
 
 @routes.get("/v1/referrals/{referral_id}")
@@ -197,7 +197,7 @@ async def get_referral(request: web.Request) -> web.Response:
             at=now,
             request_id=request_id(request),
         )
-    return json_response(service.detail(referral, history, links, now))
+    return json_response(views.detail(referral, history, links, now))
 
 
 @routes.post("/v1/referrals/{referral_id}/statuses")
@@ -222,8 +222,8 @@ async def record_status(request: web.Request) -> web.Response:
     now = utcnow()
     return json_response(
         {
-            "referral": service.summary(recorded.referral, now),
-            "status": service.status_view(recorded.status),
+            "referral": views.summary(recorded.referral, now),
+            "status": views.status_view(recorded.status),
             "receipt": recorded.status.receipt,
         },
         status=201 if recorded.created else 200,

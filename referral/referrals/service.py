@@ -17,9 +17,10 @@ from referral.auth.principal import PartyKind, Principal
 from referral.core import errors
 from referral.core.ids import new_id
 from referral.core.timeutil import isoformat, isoformat_or_none
+from referral.feed.outbox import emit
 from referral.parties.keys import signing_key
 from referral.parties.models import Party
-from referral.referrals import lifecycle
+from referral.referrals import events, lifecycle
 from referral.referrals.documents import (
     DocumentType,
     ReferralDocument,
@@ -164,6 +165,8 @@ async def submit_referral(
         "decided_at": None,
         "closed_at": None,
         "preserved_until": preserved_until,
+        "overdue_notified_at": None,
+        "expiry_warned_until": None,
         "updated_at": received_at,
         "audit_entry_id": entry.id,
         "receipt": receipt,
@@ -183,27 +186,30 @@ async def submit_referral(
             for position, item in enumerate(document.items)
         ],
     )
-    await _link_overlapping(session, referral_id=referral_id, document=document, at=received_at)
+    related = await _link_overlapping(session, referral_id=referral_id, document=document, at=received_at)
     referral = Referral(**values)
+    emit(session, events.submitted(referral, received_at))
+    emit(session, events.related(referral, related, received_at))
     return Submission(referral, created=True)
 
 
 async def _link_overlapping(
     session: AsyncSession, *, referral_id: str, document: ReferralDocument, at: datetime
-) -> None:
-    """De-confliction: link open referrals to the same provider that cover the same URL or content hash."""
+) -> list[tuple[str, str]]:
+    """De-confliction: link open referrals to the same provider that cover the same URL or content hash;
+    returns the ``(id, issuer_id)`` of each."""
     urls = sorted({item.url for item in document.items if item.url})
     hashes = sorted({item.content_sha256 for item in document.items if item.content_sha256})
     if not urls and not hashes:
-        return
+        return []
     matches = []
     if urls:
         matches.append(ReferralItem.url.in_(urls))
     if hashes:
         matches.append(ReferralItem.content_sha256.in_(hashes))
-    related = (
+    related = list(
         await session.execute(
-            select(ReferralItem.referral_id)
+            select(ReferralItem.referral_id, Referral.issuer_id)
             .join(Referral, Referral.id == ReferralItem.referral_id)
             .where(
                 ReferralItem.addressee_id == document.addressee,
@@ -213,10 +219,10 @@ async def _link_overlapping(
             )
             .distinct()
         )
-    ).scalars()
+    )
     rows = [
         link
-        for other in related
+        for other, _issuer in related
         for link in (
             {"referral_id": referral_id, "related_id": other, "created_at": at},
             {"referral_id": other, "related_id": referral_id, "created_at": at},
@@ -224,6 +230,7 @@ async def _link_overlapping(
     ]
     if rows:
         await session.execute(insert(_links), rows)
+    return [(other, issuer) for other, issuer in related]
 
 
 def _visible(referral: Referral, principal: Principal) -> bool:
@@ -249,7 +256,7 @@ async def get_visible(
 
 async def record_server_status(
     session: AsyncSession, *, referral: Referral, status: Status, at: datetime, request_id: str | None
-) -> None:
+) -> ReferralStatus:
     """Record a status the service sets itself (delivered, expired) in the history and the audit log."""
     entry = await append_entry(
         session,
@@ -259,22 +266,22 @@ async def record_server_status(
         request_id=request_id,
         visible_to=[referral.issuer_id, referral.addressee_id],
     )
-    await session.execute(
-        insert(_statuses).values(
-            id=new_id(),
-            referral_id=referral.id,
-            status=status.value,
-            previous_status=referral.status,
-            actor_party_id=None,
-            jti=None,
-            jws=None,
-            jws_sha256=None,
-            document=None,
-            recorded_at=at,
-            audit_entry_id=entry.id,
-            receipt=None,
-        )
-    )
+    values: dict[str, Any] = {
+        "id": new_id(),
+        "referral_id": referral.id,
+        "status": status.value,
+        "previous_status": referral.status,
+        "actor_party_id": None,
+        "jti": None,
+        "jws": None,
+        "jws_sha256": None,
+        "document": None,
+        "recorded_at": at,
+        "audit_entry_id": entry.id,
+        "receipt": None,
+    }
+    await session.execute(insert(_statuses).values(**values))
+    return ReferralStatus(**values)
 
 
 async def mark_delivered(
@@ -288,12 +295,57 @@ async def mark_delivered(
     )
     if changed.rowcount != 1:  # type: ignore[attr-defined]
         return
-    await record_server_status(
+    status = await record_server_status(
         session, referral=referral, status=Status.DELIVERED, at=at, request_id=request_id
     )
     referral.status = Status.DELIVERED.value
     referral.delivered_at = at
     referral.updated_at = at
+    emit(session, events.delivered(referral, status, at))
+
+
+async def _audit_read(
+    session: AsyncSession, *, referral: Referral, reader: Principal, request_id: str | None
+) -> None:
+    """A party read the referral's signed content: a sensitive read, in the audit log."""
+    await append_entry(
+        session,
+        action="referral.read",
+        subject_type="referral",
+        subject_id=referral.id,
+        actor_party=reader.party_id,
+        actor_client=reader.client_id,
+        request_id=request_id,
+        digest=referral.jws_sha256,
+        visible_to=[referral.issuer_id, referral.addressee_id],
+    )
+
+
+async def deliver_documents(
+    session: AsyncSession,
+    *,
+    provider_id: str,
+    referral_ids: Sequence[str],
+    at: datetime,
+    request_id: str | None,
+    reader: Principal | None,
+) -> None:
+    """The provider received these referrals' signed documents in its feed (``reader`` is who read them, an
+    audited read) or by a webhook it acknowledged (no reader): the first time, that is their delivery."""
+    if not referral_ids:
+        return
+    received = (
+        await session.execute(
+            select(Referral)
+            .where(Referral.id.in_(sorted(set(referral_ids))), Referral.addressee_id == provider_id)
+            .order_by(Referral.id)
+        )
+    ).scalars()
+    for referral in received:
+        if referral.status == Status.SUBMITTED.value:
+            await mark_delivered(session, referral=referral, at=at, request_id=request_id)
+        if reader is not None:
+            await _audit_read(session, referral=referral, reader=reader, request_id=request_id)
 
 
 async def read_referral(
@@ -303,17 +355,7 @@ async def read_referral(
     referral = await get_visible(session, principal=principal, referral_id=referral_id)
     if principal.party_kind is PartyKind.PROVIDER and referral.status == Status.SUBMITTED.value:
         await mark_delivered(session, referral=referral, at=at, request_id=request_id)
-    await append_entry(
-        session,
-        action="referral.read",
-        subject_type="referral",
-        subject_id=referral.id,
-        actor_party=principal.party_id,
-        actor_client=principal.client_id,
-        request_id=request_id,
-        digest=referral.jws_sha256,
-        visible_to=[referral.issuer_id, referral.addressee_id],
-    )
+    await _audit_read(session, referral=referral, reader=principal, request_id=request_id)
     history = list(
         (
             await session.execute(
@@ -353,16 +395,6 @@ def overdue_condition(now: datetime) -> Any:
         Referral.deadline < now,
         Referral.decided_at.is_(None),
         Referral.status.in_([status.value for status in lifecycle.OPEN_STATUSES]),
-    )
-
-
-def is_overdue(referral: Referral, now: datetime) -> bool:
-    """Whether the referral's deadline has passed without a decision."""
-    return (
-        referral.deadline is not None
-        and referral.deadline < now
-        and referral.decided_at is None
-        and Status(referral.status) in lifecycle.OPEN_STATUSES
     )
 
 
@@ -557,61 +589,6 @@ async def record_status(
     await session.execute(update(_referrals).where(_referrals.c.id == referral.id).values(**changes))
     for name, value in changes.items():
         setattr(referral, name, value)
-    return StatusRecorded(referral, ReferralStatus(**status_values), created=True)
-
-
-def summaries(referrals: Sequence[Referral], now: datetime) -> list[dict[str, Any]]:
-    """List rows: what a case list needs, without the content of the items."""
-    return [summary(referral, now) for referral in referrals]
-
-
-def summary(referral: Referral, now: datetime) -> dict[str, Any]:
-    """One referral's fields without its content."""
-    return {
-        "id": referral.id,
-        "type": referral.type,
-        "issuer": referral.issuer_id,
-        "addressee": referral.addressee_id,
-        "category": referral.category,
-        "item_count": referral.item_count,
-        "status": referral.status,
-        "received_at": isoformat(referral.received_at),
-        "deadline": isoformat_or_none(referral.deadline),
-        "overdue": is_overdue(referral, now),
-        "delivered_at": isoformat_or_none(referral.delivered_at),
-        "acknowledged_at": isoformat_or_none(referral.acknowledged_at),
-        "decided_at": isoformat_or_none(referral.decided_at),
-        "closed_at": isoformat_or_none(referral.closed_at),
-        "preserved_until": isoformat_or_none(referral.preserved_until),
-        "case_reference": referral.document.get("case_reference"),
-        "audit_entry_id": referral.audit_entry_id,
-    }
-
-
-def status_view(status: ReferralStatus) -> dict[str, Any]:
-    """One entry of the status history, with its signed document when a party signed it."""
-    return {
-        "id": status.id,
-        "status": status.status,
-        "previous_status": status.previous_status,
-        "actor": status.actor_party_id,
-        "recorded_at": isoformat(status.recorded_at),
-        "jws": status.jws,
-        "document": status.document,
-        "audit_entry_id": status.audit_entry_id,
-        "receipt": status.receipt,
-    }
-
-
-def detail(
-    referral: Referral, history: Sequence[ReferralStatus], links: Sequence[tuple[str, bool]], now: datetime
-) -> dict[str, Any]:
-    """The full view: the original JWS, parsed fields, status, deadline, history and related referrals."""
-    return {
-        **summary(referral, now),
-        "jws": referral.jws,
-        "document": referral.document,
-        "receipt": referral.receipt,
-        "history": [status_view(status) for status in history],
-        "related": [{"referral_id": related_id, "same_issuer": same} for related_id, same in links],
-    }
+    status = ReferralStatus(**status_values)
+    emit(session, events.status_recorded(referral, status, received_at))
+    return StatusRecorded(referral, status, created=True)

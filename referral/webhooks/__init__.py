@@ -1,0 +1,1 @@
+"""Push delivery: webhook subscriptions, signed deliveries of outbox events, retries and their record."""

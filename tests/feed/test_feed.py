@@ -1,0 +1,363 @@
+"""The feed: every change of a party's cases as events, in commit order, long-polled, on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import func, select
+
+from referral.app import create_app
+from referral.audit.models import AuditEntry
+from referral.config import Settings
+from referral.core.appkeys import sessionmaker_key
+from referral.core.timeutil import utcnow
+from referral.feed.models import EventCursor, OutboxEvent
+from referral.referrals.clock import expire_preservations, flag_overdue, warn_expiring
+from referral.referrals.models import Referral
+from tests.auth.factories import TestParty, bearer, make_party
+from tests.referrals.test_api import post_status, referral_claims, status_claims, submit
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"run_background_tasks": False})
+
+
+@pytest.fixture
+async def authority(client: TestClient[Any, Any]) -> TestParty:
+    return await make_party(client, kind="authority", country="DE")
+
+
+@pytest.fixture
+async def provider(client: TestClient[Any, Any]) -> TestParty:
+    return await make_party(client, kind="provider", country="IE")
+
+
+async def feed(
+    client: TestClient[Any, Any], party: TestParty, *, expect: int = 200, **query: str | int
+) -> dict[str, Any]:
+    response = await client.get(
+        "/v1/feed",
+        params={key: str(value) for key, value in query.items()},
+        headers=await bearer(client, party),
+    )
+    body: dict[str, Any] = await response.json()
+    assert response.status == expect, body
+    return body
+
+
+def types(page: dict[str, Any]) -> list[str]:
+    return [event["type"] for event in page["events"]]
+
+
+async def submitted_id(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty, **claims: Any
+) -> str:
+    status, body, _compact = await submit(client, authority, referral_claims(authority, provider, **claims))
+    assert status == 201, body
+    referral_id: str = body["referral"]["id"]
+    return referral_id
+
+
+async def test_a_lifecycle_as_both_parties_see_it(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    referral_id = await submitted_id(client, authority, provider)
+
+    page = await feed(client, provider)
+    assert types(page) == ["referral.submitted"]
+    (event,) = page["events"]
+    assert event["cursor"] == page["next_cursor"] == "1"
+    assert event["data"]["referral"]["id"] == referral_id
+    assert event["data"]["referral"]["status"] == "submitted"
+    assert event["data"]["jws"].count(".") == 2
+    assert set(event) == {"cursor", "id", "type", "created_at", "data"}
+
+    # Receiving the document in the feed delivered it; the authority hears of the delivery.
+    detail = await client.get(f"/v1/referrals/{referral_id}", headers=await bearer(client, authority))
+    assert (await detail.json())["status"] == "delivered"
+    page = await feed(client, authority)
+    assert types(page) == ["referral.submitted", "status.recorded"]
+    assert page["events"][1]["data"]["status"]["status"] == "delivered"
+    assert [event["cursor"] for event in page["events"]] == ["1", "2"]
+
+    status, _body = await post_status(
+        client, provider, referral_id, status_claims(provider, referral_id, "acknowledged")
+    )
+    assert status == 201
+    status, _body = await post_status(
+        client, authority, referral_id, status_claims(authority, referral_id, "withdrawn")
+    )
+    assert status == 201
+
+    page = await feed(client, provider, after=1)
+    assert types(page) == ["status.recorded", "referral.withdrawn"]
+    assert page["events"][0]["data"]["status"]["jws"].count(".") == 2
+    assert page["next_cursor"] == "3"
+    assert types(await feed(client, provider, after=3)) == []
+    assert (await feed(client, provider, after=3))["next_cursor"] == "3"
+    page = await feed(client, authority, after=2)
+    assert types(page) == ["status.recorded", "referral.withdrawn"]
+
+    # Pages: limit and after walk the same events.
+    first = await feed(client, authority, limit=2)
+    rest = await feed(client, authority, after=first["next_cursor"], limit=2)
+    assert types(first) + types(rest) == [
+        "referral.submitted",
+        "status.recorded",
+        "status.recorded",
+        "referral.withdrawn",
+    ]
+
+
+async def test_a_providers_feed_read_is_an_audited_delivery(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    referral_id = await submitted_id(client, authority, provider)
+    await feed(client, provider)
+    await feed(client, provider)  # re-reading the content is read again, delivered once
+    app = client.server.app
+    assert app is not None
+    async with app[sessionmaker_key]() as session:
+        actions = list(
+            (
+                await session.execute(
+                    select(AuditEntry.action)
+                    .where(AuditEntry.subject_id == referral_id)
+                    .order_by(AuditEntry.id)
+                )
+            ).scalars()
+        )
+    assert actions == ["referral.submitted", "referral.delivered", "referral.read", "referral.read"]
+
+
+async def test_refused_requests_write_no_events(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    status, _body, _compact = await submit(
+        client, authority, referral_claims(authority, provider, items=[{"url": "not a url"}])
+    )
+    assert status == 422
+    app = client.server.app
+    assert app is not None
+    async with app[sessionmaker_key]() as session:
+        assert await session.scalar(select(func.count()).select_from(OutboxEvent)) == 0
+        assert await session.scalar(select(func.count()).select_from(EventCursor)) == 0
+
+
+async def test_concurrent_commits_get_contiguous_cursors_in_commit_order(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    referral_ids = await asyncio.gather(*(submitted_id(client, authority, provider) for _ in range(12)))
+    page = await feed(client, provider, limit=500)
+    # The example documents overlap, so referral.related events come too; no cursor is skipped or repeated.
+    assert [event["cursor"] for event in page["events"]] == [
+        str(n) for n in range(1, len(page["events"]) + 1)
+    ]
+    submitted = [event for event in page["events"] if event["type"] == "referral.submitted"]
+    assert sorted(event["data"]["referral"]["id"] for event in submitted) == sorted(referral_ids)
+
+
+async def test_long_poll_returns_as_soon_as_an_event_commits(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    headers = await bearer(client, provider)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    waiting = asyncio.create_task(client.get("/v1/feed", params={"wait": "25"}, headers=headers))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    referral_id = await submitted_id(client, authority, provider)
+    response = await waiting
+    elapsed = loop.time() - started
+    page = await response.json()
+    assert types(page) == ["referral.submitted"]
+    assert page["events"][0]["data"]["referral"]["id"] == referral_id
+    assert elapsed < 12.5, "the request waited for its timeout instead of being woken"
+
+
+async def test_long_poll_ends_empty_at_its_wait(client: TestClient[Any, Any], provider: TestParty) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    page = await feed(client, provider, wait=1, after=0)
+    assert page == {"events": [], "next_cursor": "0"}
+    assert loop.time() - started >= 0.9
+
+
+async def test_waiting_requests_per_client_are_capped(
+    settings: Settings, aiohttp_client: Any, authority: TestParty
+) -> None:
+    app = create_app(settings.model_copy(update={"feed_max_waiting_per_client": 1}))
+    client = await aiohttp_client(app)
+    provider = await make_party(client, kind="provider")
+    headers = await bearer(client, provider)
+    first = asyncio.create_task(client.get("/v1/feed", params={"wait": "3"}, headers=headers))
+    await asyncio.sleep(0.3)
+    second = await client.get("/v1/feed", params={"wait": "3"}, headers=headers)
+    assert second.status == 429
+    assert second.headers["Retry-After"] == "1"
+    assert (await second.json())["type"].endswith("/too-many-requests")
+    no_wait = await client.get("/v1/feed", headers=headers)
+    assert no_wait.status == 200
+    assert (await first).status == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        ({"after": "-1"}, "after"),
+        ({"after": "abc"}, "after"),
+        ({"after": "99999999999999999999"}, "after"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "501"}, "limit"),
+        ({"wait": "31"}, "wait"),
+        ({"wait": "1.5"}, "wait"),
+    ],
+)
+async def test_bad_parameters_are_400(
+    client: TestClient[Any, Any], provider: TestParty, query: dict[str, str], detail: str
+) -> None:
+    body = await feed(client, provider, expect=400, **query)
+    assert body["status"] == 400
+    assert detail in body["detail"]
+
+
+async def test_who_has_a_feed(client: TestClient[Any, Any]) -> None:
+    assert (await client.get("/v1/feed")).status == 401
+    observer = await make_party(client, kind="observer")
+    response = await client.get("/v1/feed", headers=await bearer(client, observer))
+    assert response.status == 403
+    assert response.content_type == "application/problem+json"
+
+
+async def test_each_party_sees_only_its_own_events(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    await submitted_id(client, authority, provider)
+    other_provider = await make_party(client, kind="provider")
+    other_authority = await make_party(client, kind="authority")
+    assert types(await feed(client, other_provider)) == []
+    assert types(await feed(client, other_authority)) == []
+
+
+async def test_overlapping_referrals_emit_related_events_naming_only_ids(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    other_authority = await make_party(client, kind="authority", country="FR")
+    first = await submitted_id(client, authority, provider)
+    claims = referral_claims(other_authority, provider)
+    claims["items"] = referral_claims(authority, provider)["items"]
+    status, body, _compact = await submit(client, other_authority, claims)
+    assert status == 201
+    second = body["referral"]["id"]
+
+    def related(page: dict[str, Any]) -> list[dict[str, Any]]:
+        return [event["data"] for event in page["events"] if event["type"] == "referral.related"]
+
+    assert related(await feed(client, authority)) == [
+        {"referral_id": first, "related": {"referral_id": second, "same_issuer": False}}
+    ]
+    assert related(await feed(client, other_authority)) == [
+        {"referral_id": second, "related": {"referral_id": first, "same_issuer": False}}
+    ]
+    assert related(await feed(client, provider)) == [
+        {"referral_id": second, "related": {"referral_id": first, "same_issuer": False}}
+    ]
+
+
+async def test_the_clock_emits_overdue_expiring_and_expired(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    app = client.server.app
+    assert app is not None
+    order_id = await submitted_id(client, authority, provider)
+    preservation_id = await submitted_id(client, authority, provider, kind="preservation_request")
+    for status in ("acknowledged", "preserved"):
+        code, body = await post_status(
+            client, provider, preservation_id, status_claims(provider, preservation_id, status)
+        )
+        assert code == 201, body
+    async with app[sessionmaker_key]() as session:
+        preserved_until = (await session.get(Referral, preservation_id)).preserved_until  # type: ignore[union-attr]
+    assert preserved_until is not None
+    sessions = app[sessionmaker_key]
+    week = timedelta(days=7)
+
+    async with sessions.begin() as session:
+        assert await flag_overdue(session, now=utcnow() + timedelta(hours=2)) == 1
+    async with sessions.begin() as session:
+        assert await flag_overdue(session, now=utcnow() + timedelta(hours=3)) == 0
+    async with sessions.begin() as session:
+        assert await warn_expiring(session, now=preserved_until - timedelta(days=8), warning=week) == 0
+    async with sessions.begin() as session:
+        assert await warn_expiring(session, now=preserved_until - timedelta(days=6), warning=week) == 1
+    async with sessions.begin() as session:
+        assert await warn_expiring(session, now=preserved_until - timedelta(days=5), warning=week) == 0
+    async with sessions.begin() as session:
+        assert await expire_preservations(session, now=preserved_until) == 1
+
+    events = (await feed(client, authority, limit=500))["events"]
+    by_type = {
+        (event["type"], event["data"]["referral"]["id"]) for event in events if "referral" in event["data"]
+    }
+    assert ("referral.overdue", order_id) in by_type
+    assert ("preservation.expiring", preservation_id) in by_type
+    assert ("preservation.expired", preservation_id) in by_type
+    expiring = next(event for event in events if event["type"] == "preservation.expiring")
+    assert expiring["data"]["preserved_until"] == expiring["data"]["referral"]["preserved_until"]
+    provider_types = types(await feed(client, provider, limit=500))
+    assert provider_types.count("referral.overdue") == 1
+    assert provider_types.count("preservation.expiring") == 1
+    assert provider_types.count("preservation.expired") == 1
+
+
+async def test_an_extended_preservation_is_warned_again(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    app = client.server.app
+    assert app is not None
+    preservation_id = await submitted_id(client, authority, provider, kind="preservation_request")
+    for status in ("acknowledged", "preserved"):
+        code, body = await post_status(
+            client, provider, preservation_id, status_claims(provider, preservation_id, status)
+        )
+        assert code == 201, body
+    week = timedelta(days=7)
+    async with app[sessionmaker_key].begin() as session:
+        assert await warn_expiring(session, now=utcnow() + timedelta(days=25), warning=week) == 1
+    later = (utcnow() + timedelta(days=60)).isoformat().replace("+00:00", "Z")
+    code, body = await post_status(
+        client,
+        provider,
+        preservation_id,
+        status_claims(provider, preservation_id, "preservation_extended", preserved_until=later),
+    )
+    assert code == 201, body
+    async with app[sessionmaker_key].begin() as session:
+        assert await warn_expiring(session, now=utcnow() + timedelta(days=25), warning=week) == 0
+        assert await warn_expiring(session, now=utcnow() + timedelta(days=55), warning=week) == 1
+
+
+async def test_a_commit_in_another_process_wakes_a_waiting_request(
+    backend: str, settings: Settings, authority: TestParty, provider: TestParty, client: TestClient[Any, Any]
+) -> None:
+    """Two app instances on one PostgreSQL database stand for two API processes: LISTEN/NOTIFY links them."""
+    if backend != "postgresql":
+        pytest.skip("several API processes share a database only on PostgreSQL")
+    other: web.Application = create_app(settings)
+    async with TestClient(TestServer(other)) as other_client:
+        headers = await bearer(client, provider)
+        waiting = asyncio.create_task(client.get("/v1/feed", params={"wait": "25"}, headers=headers))
+        await asyncio.sleep(0.5)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        status, _body, _compact = await submit(other_client, authority, referral_claims(authority, provider))
+        assert status == 201
+        response = await waiting
+        assert types(await response.json()) == ["referral.submitted"]
+        assert loop.time() - started < 12.5, "the request was not woken by the other process's commit"
