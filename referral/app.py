@@ -18,6 +18,7 @@ from referral.core.appkeys import engine_key, service_keys_key, sessionmaker_key
 from referral.core.db import create_engine, create_sessionmaker
 from referral.core.idempotency import idempotency_middleware
 from referral.core.migrations import ensure_schema_at_head
+from referral.core.ratelimit import rate_limit_middleware, rate_limiter
 from referral.core.web import request_context_middleware
 from referral.feed.notifier import Notifier, notifier_key, notifier_listener
 from referral.feed.outbox import NOTIFIER_KEY
@@ -76,10 +77,16 @@ def create_worker_app(settings: Settings) -> web.Application:
 def create_app(settings: Settings) -> web.Application:
     """Build the web application for ``settings``; resources open on startup and close on cleanup."""
     app = web.Application(
-        middlewares=[request_context_middleware, auth_middleware, idempotency_middleware],
+        middlewares=[
+            request_context_middleware,
+            auth_middleware,
+            rate_limit_middleware,
+            idempotency_middleware,
+        ],
         client_max_size=settings.body_limit,
     )
     app[settings_key] = settings
+    rate_limiter(app)
     _shared_contexts(app)
     app.cleanup_ctx.append(auth_context)
     app.cleanup_ctx.append(referrals_context)

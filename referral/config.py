@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Largest request body accepted, in bytes (1000 items of a referral fit comfortably in 2 MiB).
     body_limit: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # A request body must arrive within this many seconds (slow senders would otherwise hold a handler).
+    body_read_timeout_seconds: float = Field(default=10.0, gt=0)
     db_pool_size: int = Field(default=10, ge=1)
     db_pool_timeout: float = Field(default=5.0, gt=0)
     # Give up on a database statement after this many seconds so a stuck database fails requests fast.
@@ -71,6 +73,10 @@ class Settings(BaseSettings):
     # Failed client authentications tolerated per client id and per address within the window before 429.
     login_max_failures: int = Field(default=10, ge=1)
     login_failure_window_seconds: int = Field(default=300, ge=1)
+    # Requests per second each API client (or anonymous address) may make to one route family, sustained,
+    # and the burst allowed above it; 0 turns the limit off (benchmarks of the service itself).
+    rate_limit_per_second: float = Field(default=100.0, ge=0)
+    rate_limit_burst: int = Field(default=300, ge=1)
     # Verified access tokens cached in memory, and how often a cached token's client is re-checked.
     access_token_cache_size: int = Field(default=10_000, ge=0)
     access_token_recheck_seconds: float = Field(default=30.0, ge=0)

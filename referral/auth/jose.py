@@ -23,6 +23,10 @@ class _AllowListRegistry(JWSRegistry):
     a deliberate, reviewed choice and is not raised on each request.
     """
 
+    # joserfc refuses payloads over 128 000 base64 characters by default; a 1000-item referral is larger.
+    # Signed documents are capped by the body limit and ``MAX_COMPACT_JWS_BYTES`` before they get here.
+    max_payload_length = 2_000_000
+
     def get_alg(self, name: str) -> JWSAlgModel:
         if name not in ALGORITHMS or name not in self.algorithms:
             raise UnsupportedAlgorithmError(f"Algorithm of '{name}' is not allowed")

@@ -9,7 +9,6 @@ statement, refused on conflict) and only then authlib issues the token.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,7 @@ from joserfc.errors import JoseError
 from referral.auth.jose import ALGORITHMS, JWS_REGISTRY
 from referral.auth.principal import SCOPES_BY_KIND, PartyKind
 from referral.auth.tokens import TokenIssuer
+from referral.core import jsontext
 from referral.parties.keys import PublicKey
 
 PRIVATE_KEY_JWT = "private_key_jwt"
@@ -244,7 +244,7 @@ def unverified_subject(assertion: str | None) -> str | None:
         return None
     payload = assertion.split(".")[1]
     try:
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims = jsontext.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except ValueError:
         return None
     subject = claims.get("sub") if isinstance(claims, dict) else None

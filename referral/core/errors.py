@@ -117,6 +117,12 @@ class UnsupportedMediaType(Problem):
     title = "Unsupported media type"
 
 
+class RequestTimeout(Problem):
+    status = 408
+    slug = "request-timeout"
+    title = "Request timeout"
+
+
 class TooManyRequests(Problem):
     status = 429
     slug = "too-many-requests"

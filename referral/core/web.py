@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -11,7 +12,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from referral.core import errors
+from referral.core import errors, jsontext
 from referral.core.appkeys import settings_key
 from referral.core.ids import new_id
 
@@ -69,6 +70,18 @@ def problem_response(problem: errors.Problem, request: web.Request) -> web.Respo
     return response
 
 
+async def json_body(request: web.Request) -> Any:
+    """The request body parsed as JSON (already read under the body timeout); 400 for anything that is not
+    JSON or carries NUL characters."""
+    try:
+        body = jsontext.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.BadRequest(f"the body is not valid JSON: {exc}"[:200]) from exc
+    if jsontext.has_nul(body):
+        raise errors.BadRequest("NUL characters are not accepted in JSON strings")
+    return body
+
+
 def _body_too_large(limit: int) -> errors.PayloadTooLarge:
     return errors.PayloadTooLarge(f"request body exceeds the limit of {limit} bytes", limit=limit)
 
@@ -94,6 +107,17 @@ def _problem_from_http_exception(exc: web.HTTPException, body_limit: int) -> err
     )
 
 
+async def _read_body_in_time(request: web.Request) -> None:
+    """Read the whole body now, within the timeout, so a client trickling bytes (slowloris) cannot hold a
+    handler, a database connection or a lock; handlers then get the cached bytes from ``request.read()``."""
+    timeout = request.app[settings_key].body_read_timeout_seconds
+    try:
+        async with asyncio.timeout(timeout):
+            await request.read()
+    except TimeoutError as exc:
+        raise errors.RequestTimeout(f"the request body did not arrive within {timeout:g} s") from exc
+
+
 @web.middleware
 async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Assign the request id, render every error as problem+json, and write one access-log line."""
@@ -108,6 +132,8 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
         if request.content_length is not None and request.content_length > body_limit:
             # Refuse before reading a byte of a body announced too large.
             raise _body_too_large(body_limit)
+        if request.body_exists:
+            await _read_body_in_time(request)
         response = await handler(request)
     except errors.Problem as problem:
         response = problem_response(problem, request)

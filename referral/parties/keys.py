@@ -127,7 +127,9 @@ class VerifiedKey:
     def verify_compact(self, compact: str | bytes) -> jws.CompactSignature:
         """Verify a compact JWS made with this key (EdDSA or ES256 only, ``kid`` must name this key)."""
         try:
-            signature = jws.extract_compact(compact if isinstance(compact, bytes) else compact.encode())
+            signature = jws.extract_compact(
+                compact if isinstance(compact, bytes) else compact.encode(), registry=JWS_REGISTRY
+            )
             header = signature.headers()
             if header.get("alg") != self.alg or header.get("kid") != self.kid:
                 raise BadSignature("the JWS header does not name this key and its algorithm")

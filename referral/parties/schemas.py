@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from referral.core import errors
+from referral.core.web import json_body
 from referral.parties.countries import is_country_code
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -71,10 +71,7 @@ async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
     """The JSON body validated as ``model``; 415 for another media type, 422 listing each invalid field."""
     if request.content_type != "application/json":
         raise errors.UnsupportedMediaType("send the request body as application/json")
-    try:
-        document = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise errors.BadRequest("the request body is not valid JSON") from exc
+    document = await json_body(request)
     try:
         return model.model_validate(document)
     except ValidationError as exc:

@@ -15,7 +15,7 @@ from referral.auth.principal import Principal, require_scope
 from referral.core import errors
 from referral.core.appkeys import service_keys_key, sessionmaker_key
 from referral.core.timeutil import utcnow
-from referral.core.web import json_response, problem_response, request_id
+from referral.core.web import json_body, json_response, problem_response, request_id
 from referral.referrals import service, views
 from referral.referrals.documents import DocumentType, Status
 from referral.referrals.signed import ReceiptSigner
@@ -35,13 +35,6 @@ async def referrals_context(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise errors.BadRequest("the body is not valid JSON") from exc
-
-
 async def _compact_from_body(request: web.Request) -> str:
     """The compact JWS of a single-document POST: ``application/jose`` or JSON ``{"jws": ...}``."""
     if request.content_type == JOSE:
@@ -50,7 +43,7 @@ async def _compact_from_body(request: web.Request) -> str:
         except UnicodeDecodeError as exc:
             raise errors.BadRequest("a compact JWS is ASCII") from exc
     if request.content_type == "application/json":
-        body = await _json_body(request)
+        body = await json_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("jws"), str) or set(body) != {"jws"}:
             raise errors.BadRequest('a JSON body must be {"jws": "<compact JWS>"}')
         return str(body["jws"])
@@ -104,7 +97,7 @@ async def submit_referral(request: web.Request) -> web.Response:
 async def submit_referrals_batch(request: web.Request) -> web.Response:
     """Submit up to 100 signed documents; each is accepted or refused on its own."""
     principal = require_scope(request, "referrals:write")
-    body = await _json_body(request)
+    body = await json_body(request)
     documents = body.get("documents") if isinstance(body, dict) else None
     if not isinstance(documents, list) or not all(isinstance(item, str) for item in documents):
         raise errors.BadRequest('the body must be {"documents": ["<compact JWS>", ...]}')

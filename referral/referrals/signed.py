@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +12,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
 
 from referral.auth.jose import ALGORITHMS, JWS_REGISTRY
-from referral.core import errors
+from referral.core import errors, jsontext
 from referral.core.canonical import canonical_json
 from referral.core.service_keys import ServiceKey, ServiceKeyRing
 
@@ -55,9 +54,9 @@ def parse_compact(compact: str, *, typ: str) -> UnverifiedDocument:
     if not compact.isascii() or compact.count(".") != 2:
         raise MalformedDocument("expected a JWS in compact serialization (three base64url parts)")
     try:
-        signature = jws.extract_compact(compact.encode("ascii"))
+        signature = jws.extract_compact(compact.encode("ascii"), registry=JWS_REGISTRY)
         header = signature.headers()
-        payload = json.loads(signature.payload)
+        payload = jsontext.loads(signature.payload)
     except (JoseError, ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise MalformedDocument("the JWS header or payload is not valid base64url JSON") from exc
     if header.get("alg") not in ALGORITHMS:
@@ -71,6 +70,8 @@ def parse_compact(compact: str, *, typ: str) -> UnverifiedDocument:
         raise MalformedDocument("the header must name the signing key in kid")
     if not isinstance(payload, dict):
         raise MalformedDocument("the payload must be a JSON object")
+    if jsontext.has_nul(payload):
+        raise MalformedDocument("NUL characters are not accepted in the payload")
     return UnverifiedDocument(compact=compact, kid=kid, alg=str(header["alg"]), claims=payload)
 
 

@@ -13,7 +13,7 @@ from referral.core import errors
 from referral.core.appkeys import service_keys_key, sessionmaker_key, settings_key
 from referral.core.ids import new_id
 from referral.core.timeutil import isoformat, utcnow
-from referral.core.web import json_response, request_id
+from referral.core.web import json_body, json_response, request_id
 from referral.feed.notifier import notifier_key
 from referral.webhooks import service, signing
 from referral.webhooks.delivery import attempt, claim, guard_key
@@ -34,10 +34,7 @@ def _public_key(request: web.Request) -> str:
 async def _json_body(request: web.Request) -> Any:
     if request.content_type != "application/json":
         raise errors.UnsupportedMediaType("send application/json")
-    try:
-        return json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise errors.BadRequest("the body is not valid JSON") from exc
+    return await json_body(request)
 
 
 @routes.post("/v1/webhooks")
