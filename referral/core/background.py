@@ -23,7 +23,10 @@ def background_task(name: str, run: Callable[[web.Application], Coroutine[Any, A
             return
         task = asyncio.create_task(run(app), name=name)
         yield
-        task.cancel()
+        # Cancel until it is done: a cancellation swallowed by a library must not hang the shutdown.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 

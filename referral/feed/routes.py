@@ -83,7 +83,8 @@ async def read_feed(request: web.Request) -> web.Response:
                 if page.events or remaining <= 0:
                     break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await woken.wait()
     return json_response(
         {"events": [service.event_view(event) for event in page.events], "next_cursor": str(page.next_cursor)}
     )

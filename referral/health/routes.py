@@ -30,7 +30,8 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready when the database answers within a short time and its schema is at the code's head."""
     engine = request.app[engine_key]
     try:
-        current = await asyncio.wait_for(current_revision(engine), READINESS_TIMEOUT_SECONDS)
+        async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
+            current = await current_revision(engine)
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         log.warning("readiness_database_unreachable", error=type(exc).__name__)
         raise errors.ServiceUnavailable("the database is unreachable", headers={"Retry-After": "5"}) from exc

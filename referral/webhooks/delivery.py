@@ -456,8 +456,10 @@ async def _run(app: web.Application) -> None:
                 if claimed and len(claimed) == free:
                     await asyncio.sleep(0)
                     continue
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), settings.webhook_poll_interval_seconds)
+                    async with asyncio.timeout(settings.webhook_poll_interval_seconds):
+                        await woken.wait()
     finally:
         # Shutting down: let attempts under way finish and be recorded (they are bounded by the timeout);
         # whatever is cut off is sent again when its lease runs out.
