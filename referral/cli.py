@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from referral import __version__, demo
 from referral.audit import cli as audit_cli
 from referral.auth import cli as auth_cli
+from referral.client import cli as client_cli
 from referral.config import Settings
 from referral.core.logging import configure_logging
 from referral.parties import cli as parties_cli
@@ -22,6 +23,7 @@ FEATURE_COMMANDS: list[Registrar] = [
     auth_cli.register,
     parties_cli.register,
     demo.register,
+    client_cli.register,
 ]
 
 

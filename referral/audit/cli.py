@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from referral.client.cli import add_prove_command
 from referral.config import Settings
 
 
@@ -82,3 +83,4 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     verify.add_argument("--state", help="state file of the last verified checkpoint")
     verify.add_argument("--token", help="bearer access token (default: $REFERRAL_ACCESS_TOKEN)")
     verify.set_defaults(run=_verify)
+    add_prove_command(actions)
