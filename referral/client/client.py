@@ -580,7 +580,7 @@ class ReferralClient:
             proof=tuple(proof),
         )
 
-    # -- feed (planned contract, see referral.client.feed) ----------------------------------------------
+    # -- feed (see referral.client.feed) -----------------------------------------------------------------
 
     async def feed_page(
         self, *, after: str | None = None, limit: int | None = None, wait: int = 0

@@ -1,6 +1,6 @@
 """Following the caller's event feed (``GET /v1/feed``) with a stored cursor, at least once per event.
 
-Written against the planned contract: ``GET /v1/feed?after=<cursor>&limit=<n>&wait=<0..30>`` answers
+The contract: ``GET /v1/feed?after=<cursor>&limit=<n>&wait=<0..30>`` answers
 ``{"events": [{"cursor", "id", "type", "created_at", "data"}], "next_cursor"}`` in commit order, long-polling
 up to ``wait`` seconds when nothing is new.
 """

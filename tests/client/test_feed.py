@@ -1,6 +1,5 @@
-"""The feed follower and ``referral feed`` against a stand-in serving the planned ``GET /v1/feed`` shape.
-
-The service's feed is being built separately; these tests pin the client side of the planned contract:
+"""The feed follower and ``referral feed`` against a scripted stand-in, to reach failures on demand
+(dropped connections, 503s, 403); ``test_live_delivery.py`` follows the real service. The contract:
 ``GET /v1/feed?after=&limit=&wait=`` → ``{"events": [{"cursor", "id", "type", "created_at", "data"}],
 "next_cursor"}``.
 """
@@ -42,7 +41,7 @@ EVENTS = [
 
 
 async def feed_page(request: web.Request) -> web.StreamResponse:
-    """The planned feed: events after the cursor, at most ``limit``, and the cursor to continue from."""
+    """The feed: events after the cursor, at most ``limit``, and the cursor to continue from."""
     after = request.query.get("after")
     start = next((n + 1 for n, event in enumerate(EVENTS) if event["cursor"] == after), 0)
     page = EVENTS[start : start + int(request.query.get("limit", "2"))]
