@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from sqlalchemy import exc as sa_exc
 
 from referral.core import errors, jsontext
 from referral.core.appkeys import settings_key
@@ -107,6 +108,15 @@ def _problem_from_http_exception(exc: web.HTTPException, body_limit: int) -> err
     )
 
 
+def _database_unavailable(exc: BaseException) -> bool:
+    """Whether an error means the database cannot be reached (a 503, retry later) rather than a bug."""
+    if isinstance(exc, sa_exc.TimeoutError | sa_exc.OperationalError | sa_exc.InterfaceError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
 async def _read_body_in_time(request: web.Request) -> None:
     """Read the whole body now, within the timeout, so a client trickling bytes (slowloris) cannot hold a
     handler, a database connection or a lock; handlers then get the cached bytes from ``request.read()``."""
@@ -142,9 +152,19 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
             exc.headers[REQUEST_ID_HEADER] = rid
             raise
         response = problem_response(_problem_from_http_exception(exc, body_limit), request)
-    except Exception:
-        log.exception("request_failed", method=request.method, path=request.path)
-        response = problem_response(errors.InternalError("an unexpected error occurred"), request)
+    except Exception as exc:
+        if _database_unavailable(exc):
+            log.warning("database_unavailable", error=type(exc).__name__, path=request.path)
+            response = problem_response(
+                errors.ServiceUnavailable(
+                    "the database is unavailable; nothing was recorded, retry later",
+                    headers={"Retry-After": "5"},
+                ),
+                request,
+            )
+        else:
+            log.exception("request_failed", method=request.method, path=request.path)
+            response = problem_response(errors.InternalError("an unexpected error occurred"), request)
     response.headers[REQUEST_ID_HEADER] = rid
     log.info(
         "request",
