@@ -157,7 +157,8 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
             log.warning("database_unavailable", error=type(exc).__name__, path=request.path)
             response = problem_response(
                 errors.ServiceUnavailable(
-                    "the database is unavailable; nothing was recorded, retry later",
+                    "the database is unavailable; retry later (a retry with the same jti or Idempotency-Key "
+                    "cannot record anything twice)",
                     headers={"Retry-After": "5"},
                 ),
                 request,
