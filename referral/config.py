@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     # and the burst allowed above it; 0 turns the limit off (benchmarks of the service itself).
     rate_limit_per_second: float = Field(default=100.0, ge=0)
     rate_limit_burst: int = Field(default=300, ge=1)
+    # An Idempotency-Key claimed by a request that never finished (its process died) is free again after this.
+    idempotency_claim_timeout_seconds: float = Field(default=60.0, gt=0)
     # Verified access tokens cached in memory, and how often a cached token's client is re-checked.
     access_token_cache_size: int = Field(default=10_000, ge=0)
     access_token_recheck_seconds: float = Field(default=30.0, ge=0)

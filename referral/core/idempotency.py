@@ -2,10 +2,12 @@
 
 The key is scoped to the calling API client and bound to a hash of the method, path and body: the same key
 with another request is refused (422). The first request claims the key before it runs, so a concurrent
-duplicate is told to retry (409) instead of running twice. Responses under 500 are kept for a day; a 5xx or
-a crash releases the key so the client can retry. The state change itself and the stored response are two
-transactions: a crash between them leaves the key released, and the retry is then caught by the document's
-own ``jti`` (signed documents) or re-executes (operator calls, whose effects are audited).
+duplicate is told to retry (409) instead of running twice. Responses under 500 are kept for a day; a 5xx
+releases the key so the client can retry, and so does a crash: a claim whose request never finished is taken
+over once it is older than ``idempotency_claim_timeout_seconds`` (no request runs that long). The state
+change itself and the stored response are two transactions: a crash between them leaves the key released,
+and the retry is then caught by the document's own ``jti`` (signed documents) or re-executes (operator
+calls, whose effects are audited).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from referral.auth.principal import principal_key
 from referral.core import errors
-from referral.core.appkeys import sessionmaker_key
+from referral.core.appkeys import sessionmaker_key, settings_key
 from referral.core.db import Base
 from referral.core.timeutil import utcnow
 from referral.core.web import Handler, problem_response
@@ -84,10 +86,18 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     fingerprint = hashlib.sha256(f"{request.method} {request.path_qs}\n".encode() + body).hexdigest()
     sessionmaker = request.app[sessionmaker_key]
     now = utcnow()
+    abandoned = now - timedelta(seconds=request.app[settings_key].idempotency_claim_timeout_seconds)
     where = (_records.c.client_id == principal.client_id) & (_records.c.key == key)
     try:
         async with sessionmaker.begin() as session:
-            await session.execute(delete(_records).where(where, _records.c.created_at < now - RETENTION))
+            # Forget an expired record, or the claim of a request that died before it could finish.
+            await session.execute(
+                delete(_records).where(
+                    where,
+                    (_records.c.created_at < now - RETENTION)
+                    | (_records.c.status.is_(None) & (_records.c.created_at < abandoned)),
+                )
+            )
             await session.execute(
                 insert(_records).values(
                     client_id=principal.client_id, key=key, request_sha256=fingerprint, created_at=now
