@@ -40,5 +40,9 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(level)
     # aiohttp's own access log is replaced by ours, which carries the request id and actor.
     logging.getLogger("aiohttp.access").disabled = True
+    # Database drivers log statements with their parameters (signed documents, secrets) and authlib logs the
+    # tokens it issues, at DEBUG and INFO: never let them through, whatever the level.
+    for noisy in ("aiosqlite", "asyncpg", "sqlalchemy", "authlib"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     # alembic narrates its plugin set-up at INFO; the CLI reports the outcome of a migration itself.
     logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
