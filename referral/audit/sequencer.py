@@ -24,7 +24,7 @@ from referral.audit.note import Ed25519NoteSigner, format_checkpoint
 from referral.audit.service import entry_document
 from referral.audit.tree import Node, NodeKey, append_leaves, edge_root, right_edge
 from referral.core.appkeys import service_keys_key, sessionmaker_key, settings_key
-from referral.core.background import background_task
+from referral.core.background import background_task, pause
 from referral.core.canonical import canonical_json
 from referral.core.service_keys import ServiceKey
 from referral.core.timeutil import utcnow
@@ -159,10 +159,10 @@ async def sequence_pending(
         log.debug("audit_batch_sequenced", entries=result.sequenced, tree_size=result.tree_size)
 
 
-async def _run(app: web.Application) -> None:
+async def _run(app: web.Application, stopping: asyncio.Event) -> None:
     settings = app[settings_key]
     interval = settings.audit_batch_interval_ms / 1000
-    while True:
+    while not stopping.is_set():
         signer = note_signer(app[service_keys_key].active, settings.audit_origin)
         try:
             await sequence_pending(
@@ -174,7 +174,7 @@ async def _run(app: web.Application) -> None:
         except (IntegrityError, OperationalError, DBAPIError, OSError) as exc:
             # Another sequencer won a race, or the database is away: the batch rolled back; try again later.
             log.warning("audit_sequencing_failed", error=type(exc).__name__)
-        await asyncio.sleep(interval)
+        await pause(stopping, interval)
 
 
 sequencer_task = background_task("audit-sequencer", _run)

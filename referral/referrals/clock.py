@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from referral.audit.service import append_entry
 from referral.core.appkeys import sessionmaker_key, settings_key
-from referral.core.background import background_task
+from referral.core.background import background_task, pause
 from referral.core.timeutil import utcnow
 from referral.feed.outbox import emit
 from referral.referrals import events
@@ -135,16 +135,16 @@ async def tick(app: web.Application) -> dict[str, int]:
     return done
 
 
-async def _run(app: web.Application) -> None:
+async def _run(app: web.Application, stopping: asyncio.Event) -> None:
     interval = app[settings_key].clock_interval_seconds
-    while True:
+    while not stopping.is_set():
         try:
             done = await tick(app)
             if any(done.values()):
                 log.info("referral_clock_ticked", **done)
         except (OperationalError, DBAPIError, OSError) as exc:
             log.warning("referral_clock_failed", error=type(exc).__name__)
-        await asyncio.sleep(interval)
+        await pause(stopping, interval)
 
 
 clock_task = background_task("referral-clock", _run)

@@ -11,7 +11,6 @@ worker dies mid-attempt the lease runs out and the delivery is sent again with t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import json
 import time
@@ -30,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from referral.config import Settings
 from referral.core.appkeys import service_keys_key, sessionmaker_key, settings_key
-from referral.core.background import background_task
+from referral.core.background import background_task, pause
 from referral.core.ids import new_id
 from referral.core.timeutil import utcnow
 from referral.feed.models import EventCursor, OutboxEvent
@@ -435,12 +434,12 @@ async def deliver_round(app: web.Application, *, limit: int) -> list[Claimed]:
         return await claim_due(session, now=utcnow(), limit=limit, lease=settings.webhook_lease_seconds)
 
 
-async def _run(app: web.Application) -> None:
+async def _run(app: web.Application, stopping: asyncio.Event) -> None:
     settings = app[settings_key]
     in_flight: set[asyncio.Task[Outcome]] = set()
     try:
         with app[notifier_key].listen() as woken:
-            while True:
+            while not stopping.is_set():
                 woken.clear()
                 free = settings.webhook_concurrency - len(in_flight)
                 claimed: list[Claimed] = []
@@ -456,10 +455,7 @@ async def _run(app: web.Application) -> None:
                 if claimed and len(claimed) == free:
                     await asyncio.sleep(0)
                     continue
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(settings.webhook_poll_interval_seconds):
-                        await woken.wait()
+                await pause(stopping, settings.webhook_poll_interval_seconds, woken)
     finally:
         # Shutting down: let attempts under way finish and be recorded (they are bounded by the timeout);
         # whatever is cut off is sent again when its lease runs out.

@@ -71,7 +71,7 @@ async def test_parties_keys_and_clients_commands(
     assert status == 0
     assert json.loads(output) == {"kid": signing.thumbprint()}
     status, output = await _run(
-        settings, "keys", "revoke", "--party", party_id, "--kid", signing.thumbprint(), "--reason", "test"
+        settings, "keys", "revoke", "--party", party_id, f"--kid={signing.thumbprint()}", "--reason", "test"
     )
     assert status == 0
     client_key = new_key()
