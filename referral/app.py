@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
+from referral.apidocs.routes import routes as apidocs_routes
 from referral.audit.routes import routes as audit_routes
 from referral.audit.sequencer import sequencer_task
 from referral.auth.middleware import auth_middleware
@@ -92,6 +93,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(referrals_context)
     app.cleanup_ctx.append(feed_context)
     app.router.add_routes(health_routes)
+    app.router.add_routes(apidocs_routes)
     app.router.add_routes(audit_routes)
     app.router.add_routes(auth_routes)
     app.router.add_routes(party_routes)
