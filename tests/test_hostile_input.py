@@ -269,3 +269,21 @@ def test_document_models_refuse_only_with_validation_errors(claims: dict[str, An
     for model in (ReferralDocument, StatusDocument):
         with contextlib.suppress(ValidationError):
             model.model_validate(claims)
+
+
+async def test_one_signature_has_one_spelling(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    """A lenient decoder reads a last character with stray low bits, or padding, as the same bytes; such
+    re-spellings of a valid document are refused, so a stored JWS has exactly one form."""
+    compact = sign_document(authority, referral_claims(authority, provider))
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(compact[-1])
+    respelled = compact[:-1] + alphabet[last | 0b0001]  # same top two bits: the same 64 signature bytes
+    assert respelled != compact
+    headers = {**await bearer(client, authority), "Content-Type": "application/jose"}
+    for variant in (respelled, compact + "==", compact.replace(".", "=.", 1)):
+        response = await client.post("/v1/referrals", data=variant, headers=headers)
+        assert response.status == 400, variant[-10:]
+    response = await client.post("/v1/referrals", data=compact, headers=headers)
+    assert response.status == 201

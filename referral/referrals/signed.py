@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,7 @@ STATUS_TYP = "status+jws"
 RECEIPT_TYP = "receipt+jws"
 # A 1000-item referral with long URLs and descriptions stays well under this.
 MAX_COMPACT_JWS_BYTES = 1_500_000
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class MalformedDocument(errors.Problem):
@@ -46,6 +49,16 @@ class UnverifiedDocument:
         return hashlib.sha256(self.compact.encode("ascii")).hexdigest()
 
 
+def _canonical_base64url(part: str) -> bool:
+    if not _BASE64URL.fullmatch(part):
+        return False
+    try:
+        decoded = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    except binascii.Error:
+        return False
+    return base64.urlsafe_b64encode(decoded).rstrip(b"=").decode("ascii") == part
+
+
 def parse_compact(compact: str, *, typ: str) -> UnverifiedDocument:
     """Parse a compact JWS of ``typ`` and check its header; the signature is verified by the caller."""
     compact = compact.strip()
@@ -53,6 +66,10 @@ def parse_compact(compact: str, *, typ: str) -> UnverifiedDocument:
         raise errors.PayloadTooLarge(f"a signed document may not exceed {MAX_COMPACT_JWS_BYTES} bytes")
     if not compact.isascii() or compact.count(".") != 2:
         raise MalformedDocument("expected a JWS in compact serialization (three base64url parts)")
+    if not all(_canonical_base64url(part) for part in compact.split(".")):
+        # Lenient decoders ignore stray padding and the spare bits of the last character, so one signature
+        # would have many spellings; a tamper-evident record accepts exactly one.
+        raise MalformedDocument("each part must be unpadded, canonical base64url (RFC 7515 section 2)")
     try:
         signature = jws.extract_compact(compact.encode("ascii"), registry=JWS_REGISTRY)
         header = signature.headers()
