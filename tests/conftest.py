@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from referral.app import create_app
 from referral.config import Settings
 from referral.core import migrations
+from tests.auth.factories import TestParty, make_party
 
 T = TypeVar("T")
 
@@ -185,3 +186,15 @@ async def client(
 ) -> TestClient[Any, Any]:
     """An HTTP client of the running application."""
     return await aiohttp_client(app)
+
+
+@pytest.fixture
+async def authority(client: TestClient[Any, Any]) -> TestParty:
+    """An authority (DE) with a signing key and an API client."""
+    return await make_party(client, kind="authority", country="DE")
+
+
+@pytest.fixture
+async def provider(client: TestClient[Any, Any]) -> TestParty:
+    """A provider (IE) with a signing key and an API client."""
+    return await make_party(client, kind="provider", country="IE")

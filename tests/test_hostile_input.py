@@ -44,16 +44,6 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"run_background_tasks": False, "body_read_timeout_seconds": 1.0})
 
 
-@pytest.fixture
-async def authority(client: TestClient[Any, Any]) -> TestParty:
-    return await make_party(client, kind="authority")
-
-
-@pytest.fixture
-async def provider(client: TestClient[Any, Any]) -> TestParty:
-    return await make_party(client, kind="provider")
-
-
 async def business_rows(client: TestClient[Any, Any]) -> dict[str, int]:
     app = client.server.app
     assert app is not None

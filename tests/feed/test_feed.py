@@ -28,16 +28,6 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"run_background_tasks": False})
 
 
-@pytest.fixture
-async def authority(client: TestClient[Any, Any]) -> TestParty:
-    return await make_party(client, kind="authority", country="DE")
-
-
-@pytest.fixture
-async def provider(client: TestClient[Any, Any]) -> TestParty:
-    return await make_party(client, kind="provider", country="IE")
-
-
 async def feed(
     client: TestClient[Any, Any], party: TestParty, *, expect: int = 200, **query: str | int
 ) -> dict[str, Any]:

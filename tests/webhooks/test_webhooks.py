@@ -30,16 +30,6 @@ from tests.referrals.test_api import referral_claims, submit
 from tests.webhooks.conftest import Received, Receiver
 
 
-@pytest.fixture
-async def authority(client: TestClient[Any, Any]) -> TestParty:
-    return await make_party(client, kind="authority", country="DE")
-
-
-@pytest.fixture
-async def provider(client: TestClient[Any, Any]) -> TestParty:
-    return await make_party(client, kind="provider", country="IE")
-
-
 async def subscribe(
     client: TestClient[Any, Any], party: TestParty, url: str, *, expect: int = 201, **fields: Any
 ) -> dict[str, Any]:
