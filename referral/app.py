@@ -24,6 +24,10 @@ from referral.parties.routes import routes as party_routes
 from referral.referrals.clock import clock_task
 from referral.referrals.routes import referrals_context
 from referral.referrals.routes import routes as referral_routes
+from referral.reporting.dashboard import dashboard_context
+from referral.reporting.dashboard import routes as dashboard_routes
+from referral.reporting.pages import setup_templates
+from referral.reporting.routes import routes as reporting_routes
 
 log = structlog.get_logger("referral.app")
 
@@ -59,9 +63,13 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(referrals_context)
     app.cleanup_ctx.append(sequencer_task)
     app.cleanup_ctx.append(clock_task)
+    app.cleanup_ctx.append(dashboard_context)
+    setup_templates(app)
     app.router.add_routes(health_routes)
     app.router.add_routes(audit_routes)
     app.router.add_routes(auth_routes)
     app.router.add_routes(party_routes)
     app.router.add_routes(referral_routes)
+    app.router.add_routes(reporting_routes)
+    app.router.add_routes(dashboard_routes)
     return app
