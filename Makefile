@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: run test lint typecheck pytest audit-deps clean
+.PHONY: run test lint typecheck pytest chromium audit-deps clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required")'
@@ -36,13 +36,20 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
-pytest: $(DEV_STAMP)
+pytest: $(DEV_STAMP) chromium
 	$(BIN)/pytest
 
 ## audit-deps: check the installed dependencies against known vulnerabilities (needs pypi.org's JSON API)
 audit-deps: $(DEV_STAMP)
 	$(BIN)/python -m pip install --quiet 'pip-audit>=2.7'
 	$(BIN)/pip-audit --strict --progress-spinner off --skip-editable
+
+## chromium: Debian's headless Chromium for the dashboard's browser test (installed once, if apt-get can)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium for the dashboard browser test"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "could not install chromium: the browser test will be skipped"; }
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

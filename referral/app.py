@@ -30,6 +30,10 @@ from referral.parties.routes import routes as party_routes
 from referral.referrals.clock import clock_task
 from referral.referrals.routes import referrals_context
 from referral.referrals.routes import routes as referral_routes
+from referral.reporting.dashboard import dashboard_context
+from referral.reporting.dashboard import routes as dashboard_routes
+from referral.reporting.pages import setup_templates
+from referral.reporting.routes import routes as reporting_routes
 from referral.webhooks.delivery import delivery_task, webhooks_context
 from referral.webhooks.routes import routes as webhook_routes
 
@@ -92,6 +96,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(auth_context)
     app.cleanup_ctx.append(referrals_context)
     app.cleanup_ctx.append(feed_context)
+    app.cleanup_ctx.append(dashboard_context)
+    setup_templates(app)
     app.router.add_routes(health_routes)
     app.router.add_routes(apidocs_routes)
     app.router.add_routes(audit_routes)
@@ -100,4 +106,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(referral_routes)
     app.router.add_routes(feed_routes)
     app.router.add_routes(webhook_routes)
+    app.router.add_routes(reporting_routes)
+    app.router.add_routes(dashboard_routes)
     return app

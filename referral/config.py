@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     # Verified access tokens cached in memory, and how often a cached token's client is re-checked.
     access_token_cache_size: int = Field(default=10_000, ge=0)
     access_token_recheck_seconds: float = Field(default=30.0, ge=0)
+    # Serve the statistics dashboard to anyone, without a login (aggregates only, small cells suppressed).
+    public_dashboard: bool = False
+    # Observers and the public see no count below this; smaller cells (and complements) are suppressed.
+    stats_suppression_threshold: int = Field(default=5, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _lease_outlasts_timeout(self) -> Settings:

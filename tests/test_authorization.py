@@ -128,6 +128,7 @@ async def world(client: TestClient[Any, Any], aiohttp_server: Any) -> World:
             "party_id": provider.party_id,
             "kid": provider.signing_kid,
             "client_id": provider.client_id,
+            "name": "dashboard.js",
         },
         # Who may see each object (the others get 404, never a hint that it exists).
         owners={

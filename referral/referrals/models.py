@@ -54,6 +54,9 @@ class Referral(Base):
         Index("ix_referrals_addressee_id_id", "addressee_id", "id"),
         Index("ix_referrals_status_deadline", "status", "deadline"),
         Index("ix_referrals_received_at", "received_at"),
+        # Statistics and transparency reports of one party over a period.
+        Index("ix_referrals_issuer_id_received_at", "issuer_id", "received_at"),
+        Index("ix_referrals_addressee_id_received_at", "addressee_id", "received_at"),
     )
 
 

@@ -1,0 +1,1 @@
+"""Reporting: statistics, suppression, transparency reports, CSV, and the dashboard (DESIGN.md §8)."""
