@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -27,29 +28,98 @@ FEATURE_COMMANDS: list[Registrar] = [
 ]
 
 
-def _serve(args: argparse.Namespace, settings: Settings) -> int:
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency everywhere but Windows
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _serve_one(settings: Settings, *, reuse_port: bool) -> None:
     from aiohttp import web
 
     from referral.app import create_app
 
-    overrides = {key: value for key in ("host", "port") if (value := getattr(args, key)) is not None}
-    settings = settings.model_copy(update=overrides)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency everywhere but Windows
-        loop_factory = None
-    else:
-        loop_factory = uvloop.new_event_loop
-    loop = loop_factory() if loop_factory else asyncio.new_event_loop()
     web.run_app(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         access_log=None,
         print=lambda message: print(message, file=sys.stderr),
-        loop=loop,
+        loop=_new_loop(),
+        reuse_port=reuse_port or None,
     )
-    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    overrides = {key: value for key in ("host", "port") if (value := getattr(args, key)) is not None}
+    settings = settings.model_copy(update=overrides)
+    workers = args.workers
+    if workers < 1:
+        print("--workers must be at least 1", file=sys.stderr)
+        return 2
+    if workers == 1:
+        _serve_one(settings, reuse_port=False)
+        return 0
+    if settings.is_sqlite:
+        # Feed wake-ups cross processes only through PostgreSQL's LISTEN/NOTIFY, and SQLite has one writer.
+        print("several workers need PostgreSQL; SQLite is served by one process", file=sys.stderr)
+        return 2
+    return _serve_workers(settings, workers)
+
+
+def _serve_workers(settings: Settings, workers: int) -> int:
+    """Fork ``workers`` API processes that share the port (SO_REUSEPORT); the first also runs the background
+    tasks. SIGTERM is passed on; when one worker ends, the others are stopped too."""
+    import os
+    import signal
+
+    children: list[int] = []
+    for number in range(workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child process
+            worker_settings = settings
+            if number > 0:
+                worker_settings = settings.model_copy(update={"run_background_tasks": False})
+            code = 0
+            try:
+                _serve_one(worker_settings, reuse_port=True)
+            except BaseException:  # noqa: BLE001 - reported, and the exit code tells the parent
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+        children.append(pid)
+
+    remaining = set(children)
+    stopping = False
+
+    def stop(_signal_number: int, _frame: object) -> None:
+        nonlocal stopping
+        if stopping:  # a second SIGTERM would cut a worker's graceful shutdown short
+            return
+        stopping = True
+        for child in remaining:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    def interrupted(_signal_number: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True  # Ctrl-C reaches the whole process group: every worker has it already
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, interrupted)
+    exit_code = 0
+    while remaining:
+        pid, status = os.wait()
+        if pid not in remaining:
+            continue
+        remaining.discard(pid)
+        exit_code = exit_code or os.waitstatus_to_exitcode(status)
+        stop(signal.SIGTERM, None)  # one worker is gone: stop the rest, let the supervisor restart us
+    return exit_code
 
 
 def _worker(_args: argparse.Namespace, settings: Settings) -> int:
@@ -132,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the HTTP API")
     serve.add_argument("--host", help="address to listen on (REFERRAL_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (REFERRAL_PORT)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API processes sharing the port with SO_REUSEPORT (PostgreSQL only; default 1)",
+    )
     serve.set_defaults(run=_serve)
 
     worker = commands.add_parser(

@@ -157,6 +157,10 @@ async def sequence_pending(
             return total
         total += result.sequenced
         log.debug("audit_batch_sequenced", entries=result.sequenced, tree_size=result.tree_size)
+        if result.sequenced < batch_size:
+            # The queue is drained. Going round again at once would chase a busy API with batches of one
+            # entry each, a transaction and a signature apiece; the next interval takes them all together.
+            return total
 
 
 async def _run(app: web.Application, stopping: asyncio.Event) -> None:

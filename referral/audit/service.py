@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referral.audit.models import AuditEntry, AuditLeaf, AuditPending
 from referral.core.ids import new_id
 from referral.core.timeutil import isoformat, utcnow
 
-# Core inserts on the table (not the ORM unit of work): this runs on every state change.
+# Core inserts on the table (not the ORM unit of work): this runs on every state change. The statements are
+# built once, so SQLAlchemy's compiled cache finds them without re-deriving a cache key per request.
 _entries = cast(Table, AuditEntry.__table__)
 _pending = cast(Table, AuditPending.__table__)
+ENTRY_COLUMNS = ("id", "at", "actor_party", "actor_client", "action", "subject_type", "subject_id",
+                 "request_id", "digest", "visible_to")  # fmt: skip
+_INSERT_ENTRY = insert(_entries).values({name: bindparam(name) for name in ENTRY_COLUMNS})
+_QUEUE_ENTRY = insert(_pending).values(entry_id=bindparam("id"))
+# PostgreSQL: the entry and its place in the sequencer's queue in one statement (one round trip).
+_entry_cte = _INSERT_ENTRY.returning(_entries.c.id).cte("appended")
+_INSERT_AND_QUEUE_ENTRY = insert(_pending).from_select(["entry_id"], select(_entry_cte.c.id))
 
 
 def entry_document(entry: AuditEntry) -> dict[str, Any]:
@@ -34,6 +42,50 @@ def entry_document(entry: AuditEntry) -> dict[str, Any]:
     }
 
 
+def new_entry(
+    *,
+    action: str,
+    subject_type: str,
+    subject_id: str,
+    actor_party: str | None = None,
+    actor_client: str | None = None,
+    request_id: str | None = None,
+    digest: str | None = None,
+    visible_to: Iterable[str] = (),
+) -> AuditEntry:
+    """An entry not written yet (for statements that insert it together with other rows)."""
+    return AuditEntry(
+        id=new_id(),
+        at=utcnow(),
+        actor_party=actor_party,
+        actor_client=actor_client,
+        action=action,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        request_id=request_id or None,
+        digest=digest,
+        visible_to=sorted(set(visible_to)),
+    )
+
+
+def entry_values(entry: AuditEntry, *, prefix: str = "") -> dict[str, Any]:
+    """The entry's column values, as bound parameters named ``prefix + column``."""
+    return {prefix + name: getattr(entry, name) for name in ENTRY_COLUMNS}
+
+
+def queued_entry_cte(*, prefix: str) -> tuple[Any, Any]:
+    """PostgreSQL: CTEs that insert an entry (parameters ``prefix + column``) and queue it for the sequencer,
+    for statements that write an entry together with the change it records."""
+    appended = (
+        insert(_entries)
+        .values({name: bindparam(prefix + name) for name in ENTRY_COLUMNS})
+        .returning(_entries.c.id)
+        .cte(f"{prefix}appended")
+    )
+    queued = insert(_pending).from_select(["entry_id"], select(appended.c.id)).cte(f"{prefix}queued")
+    return appended, queued
+
+
 async def append_entry(
     session: AsyncSession,
     *,
@@ -47,34 +99,37 @@ async def append_entry(
     visible_to: Iterable[str] = (),
 ) -> AuditEntry:
     """Append an entry in the caller's transaction; it is sequenced into the Merkle tree after commit."""
-    entry = AuditEntry(
-        id=new_id(),
-        at=utcnow(),
-        actor_party=actor_party,
-        actor_client=actor_client,
+    entry = new_entry(
         action=action,
         subject_type=subject_type,
         subject_id=subject_id,
-        request_id=request_id or None,
+        actor_party=actor_party,
+        actor_client=actor_client,
+        request_id=request_id,
         digest=digest,
-        visible_to=sorted(set(visible_to)),
+        visible_to=visible_to,
     )
-    await session.execute(
-        insert(_entries).values(
-            id=entry.id,
-            at=entry.at,
-            actor_party=entry.actor_party,
-            actor_client=entry.actor_client,
-            action=entry.action,
-            subject_type=entry.subject_type,
-            subject_id=entry.subject_id,
-            request_id=entry.request_id,
-            digest=entry.digest,
-            visible_to=entry.visible_to,
-        )
-    )
-    await session.execute(insert(_pending).values(entry_id=entry.id))
+    await write_entry(session, entry)
     return entry
+
+
+async def write_entry(session: AsyncSession, entry: AuditEntry) -> None:
+    """Write an entry made by ``new_entry`` and queue it for the sequencer, in the caller's transaction."""
+    values = entry_values(entry)
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(_INSERT_AND_QUEUE_ENTRY, values)
+    else:
+        await session.execute(_INSERT_ENTRY, values)
+        await session.execute(_QUEUE_ENTRY, {"id": entry.id})
+
+
+async def append_entries(session: AsyncSession, entries: Sequence[dict[str, Any]]) -> list[AuditEntry]:
+    """Append several entries (keyword arguments of ``append_entry`` each) with two statements in all."""
+    appended = [new_entry(**entry) for entry in entries]
+    if appended:
+        await session.execute(_INSERT_ENTRY, [entry_values(entry) for entry in appended])
+        await session.execute(_QUEUE_ENTRY, [{"id": entry.id} for entry in appended])
+    return appended
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,14 @@ seen or delivered: a rolled-back transaction takes its events with it.
 from __future__ import annotations
 
 import enum
+import functools
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, event, insert, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, event, insert, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -25,6 +26,7 @@ from referral.feed.notifier import CHANNEL, Notifier
 
 _events = cast(Table, OutboxEvent.__table__)
 _cursors = cast(Table, EventCursor.__table__)
+_INSERT_EVENTS = insert(_events)
 
 PENDING_KEY = "referral.feed.pending"
 """``Session.info`` key: events emitted in the current transaction, not yet written."""
@@ -62,24 +64,50 @@ def emit(session: AsyncSession | Session, events: Iterable[Event]) -> None:
     session.info.setdefault(PENDING_KEY, []).extend(events)
 
 
-def _advance_cursor(session: Session, party_id: str, count: int) -> int:
-    """Reserve ``count`` cursors for a party; returns the last one. Locks the party's cursor row."""
-    dialect = session.get_bind().dialect.name
-    upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_cursors)
-    statement = upsert.values(party_id=party_id, last_cursor=count).on_conflict_do_update(
-        index_elements=[_cursors.c.party_id],
-        set_={"last_cursor": _cursors.c.last_cursor + count},
-    )
-    return int(session.execute(statement.returning(_cursors.c.last_cursor)).scalar_one())
-
-
-_NOTIFY = text("SELECT pg_notify(:channel, party_id) FROM unnest(:party_ids) AS party_id").bindparams(
-    bindparam("party_ids", type_=postgresql.ARRAY(postgresql.TEXT))
+_UPSERT = (
+    "INSERT INTO event_cursors (party_id, last_cursor) VALUES {rows} ON CONFLICT (party_id) "
+    "DO UPDATE SET last_cursor = event_cursors.last_cursor + excluded.last_cursor "
+    "RETURNING party_id, last_cursor"
 )
+# PostgreSQL: cursors, events and NOTIFY in one statement. Each event's cursor is its party's new last cursor
+# minus how many of that party's events follow it in this transaction.
+_UPSERT_INSERT_AND_NOTIFY = """
+WITH advanced AS ({upsert}),
+written AS (
+    INSERT INTO outbox_events (id, recipient_id, cursor, type, referral_id, created_at, data)
+    SELECT event.id, event.recipient_id, advanced.last_cursor - event.back, event.type, event.referral_id,
+           event.created_at, event.data
+    FROM unnest(CAST(:event_id AS varchar[]), CAST(:event_recipient AS varchar[]),
+                CAST(:event_back AS bigint[]),
+                CAST(:event_type AS varchar[]), CAST(:event_referral AS varchar[]),
+                CAST(:event_created_at AS timestamptz[]), CAST(:event_data AS json[]))
+         AS event(id, recipient_id, back, type, referral_id, created_at, data)
+    JOIN advanced ON advanced.party_id = event.recipient_id
+)
+SELECT party_id, last_cursor, pg_notify(:channel, party_id) FROM advanced
+"""
+
+
+@functools.cache
+def _advance_statement(dialect: str, parties: int) -> Any:
+    """The cursor upsert for this many parties (on PostgreSQL with the events and the NOTIFY). Written as
+    text: SQLAlchemy does not cache the compiled form of an ``ON CONFLICT`` upsert, and compiling it again on
+    every commit costs more than running it."""
+    # Only numbered placeholders are formatted in; every value is a bound parameter.
+    upsert = _UPSERT.format(rows=", ".join(f"(:party_{n}, :count_{n})" for n in range(parties)))
+    if dialect != "postgresql":
+        return text(upsert)
+    return text(_UPSERT_INSERT_AND_NOTIFY.format(upsert=upsert)).bindparams(channel=CHANNEL)
 
 
 @event.listens_for(Session, "before_commit")
 def _write_pending(session: Session) -> None:
+    """Reserve the recipients' cursors and write the events: one statement on PostgreSQL, two on SQLite.
+
+    The cursor rows are locked in sorted party order (rows of a multi-row INSERT are taken in order), so two
+    writers never wait on each other in a cycle. On PostgreSQL the same statement sends the NOTIFY that wakes
+    waiting feed readers in other processes (delivered by the server only if the transaction commits).
+    """
     # Runs inside the async session's greenlet, so the synchronous Session API does real (async) I/O here.
     pending: list[Event] | None = session.info.pop(PENDING_KEY, None)
     if not pending:
@@ -87,25 +115,42 @@ def _write_pending(session: Session) -> None:
     by_recipient: dict[str, list[Event]] = {}
     for queued in pending:
         by_recipient.setdefault(queued.recipient_id, []).append(queued)
-    rows: list[dict[str, Any]] = []
-    for party_id in sorted(by_recipient):
-        events = by_recipient[party_id]
-        first = _advance_cursor(session, party_id, len(events)) - len(events) + 1
-        rows.extend(
-            {
-                "id": new_id(),
-                "recipient_id": party_id,
-                "cursor": first + offset,
-                "type": queued.type.value,
-                "referral_id": queued.referral_id,
-                "created_at": queued.created_at,
-                "data": queued.data,
-            }
-            for offset, queued in enumerate(events)
+    dialect = session.get_bind().dialect.name
+    parties = sorted(by_recipient)
+    params: dict[str, Any] = {}
+    for n, party_id in enumerate(parties):
+        params[f"party_{n}"] = party_id
+        params[f"count_{n}"] = len(by_recipient[party_id])
+    rows: list[dict[str, Any]] = [
+        {
+            "id": new_id(),
+            "recipient_id": party_id,
+            "back": len(by_recipient[party_id]) - 1 - offset,
+            "type": queued.type.value,
+            "referral_id": queued.referral_id,
+            "created_at": queued.created_at,
+            "data": queued.data,
+        }
+        for party_id in parties
+        for offset, queued in enumerate(by_recipient[party_id])
+    ]
+    statement = _advance_statement(dialect, len(parties))
+    if dialect == "postgresql":
+        params.update(
+            event_id=[row["id"] for row in rows],
+            event_recipient=[row["recipient_id"] for row in rows],
+            event_back=[row["back"] for row in rows],
+            event_type=[row["type"] for row in rows],
+            event_referral=[row["referral_id"] for row in rows],
+            event_created_at=[row["created_at"] for row in rows],
+            event_data=[json.dumps(row["data"]) for row in rows],
         )
-    session.execute(insert(_events), rows)
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(_NOTIFY, {"channel": CHANNEL, "party_ids": sorted(by_recipient)})
+        session.execute(statement, params)
+    else:
+        last_cursors = {row[0]: int(row[1]) for row in session.execute(statement, params)}
+        for row in rows:
+            row["cursor"] = last_cursors[row["recipient_id"]] - row.pop("back")
+        session.execute(_INSERT_EVENTS, rows)
     session.info.setdefault(WAKE_KEY, set()).update(by_recipient)
 
 

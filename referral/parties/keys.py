@@ -11,6 +11,7 @@ revocation committed by *another* process (the CLI, a second API process or host
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from collections import OrderedDict
@@ -19,6 +20,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey
@@ -138,6 +144,44 @@ class VerifiedKey:
         except JoseError as exc:
             raise BadSignature("the JWS is malformed or its signature does not verify") from exc
         return signature
+
+    def check_document(self, compact: str, *, alg: str, kid: str) -> None:
+        """Verify a compact JWS whose header was already parsed (``alg``, ``kid``): faster than
+        ``verify_compact``, which parses it again."""
+        if alg != self.alg or kid != self.kid:
+            raise BadSignature("the JWS header does not name this key and its algorithm")
+        check_signature(self.key, alg, compact)
+
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _signature_bytes(part: str) -> bytes:
+    if len(part) % 4 == 1 or not _BASE64URL.fullmatch(part):
+        raise BadSignature("the JWS signature is not base64url")
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def check_signature(key: PublicKey, alg: str, compact: str) -> None:
+    """Verify the signature of a compact JWS over its first two parts exactly as received, with the
+    ``cryptography`` key inside ``key`` (a JOSE library would parse the whole JWS a second time).
+    The caller has parsed the header and checked its ``alg`` (EdDSA or ES256) and ``kid`` against the key."""
+    signing_input, _, signature_part = compact.rpartition(".")
+    signature = _signature_bytes(signature_part)
+    public_key = key.public_key
+    try:
+        if alg == "EdDSA" and isinstance(public_key, Ed25519PublicKey):
+            public_key.verify(signature, signing_input.encode("ascii"))
+            return
+        if alg == "ES256" and isinstance(public_key, ec.EllipticCurvePublicKey) and len(signature) == 64:
+            der = encode_dss_signature(
+                int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            )
+            public_key.verify(der, signing_input.encode("ascii"), ec.ECDSA(hashes.SHA256()))
+            return
+    except InvalidSignature as exc:
+        raise BadSignature("the signature does not verify") from exc
+    raise BadSignature("the signature does not verify")
 
 
 class BadSignature(errors.Problem):

@@ -112,6 +112,25 @@ async def create_party(
     return party
 
 
+# A party's kind never changes and parties are never deleted, so the kinds of parties seen are kept for the
+# life of the process (bounded: the oldest half is dropped when full). Only found parties are remembered.
+_KINDS_CACHE_SIZE = 65_536
+_kinds: dict[str, str] = {}
+
+
+async def party_kind(session: AsyncSession, *, party_id: str) -> str | None:
+    """The kind of the party (``authority``, ``provider``, ...), or ``None`` if there is no such party."""
+    kind = _kinds.get(party_id)
+    if kind is None:
+        kind = (await session.execute(select(Party.kind).where(Party.id == party_id))).scalar_one_or_none()
+        if kind is not None:
+            if len(_kinds) >= _KINDS_CACHE_SIZE:
+                for stale in list(_kinds)[: _KINDS_CACHE_SIZE // 2]:
+                    del _kinds[stale]
+            _kinds[party_id] = kind
+    return kind
+
+
 async def get_party(session: AsyncSession, *, party_id: str) -> Party | None:
     """The party with this id."""
     return await session.get(Party, party_id)

@@ -54,27 +54,32 @@ def _submission_body(submission: service.Submission, now: datetime) -> dict[str,
     return {"referral": views.summary(submission.referral, now), "receipt": submission.referral.receipt}
 
 
-async def _once_more_on_race(request: web.Request, use_case: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Run a use case in one transaction; if a concurrent request stored the same ``jti`` first, run it once
-    more, when it answers as an idempotent repeat or a conflict."""
+async def _once_more_on_race(
+    request: web.Request, use_case: Callable[[AsyncSession, bool], Awaitable[T]]
+) -> T:
+    """Run a use case in one transaction, first optimistically (``look_for_repeat=False``: a repeated ``jti``
+    is caught by the unique constraint); on an ``IntegrityError`` (a repeat, or a concurrent request that
+    stored the same ``jti`` first) run it once more, looking for the earlier document, so that it answers as
+    an idempotent repeat or a conflict."""
     try:
         async with request.app[sessionmaker_key].begin() as session:
-            return await use_case(session)
+            return await use_case(session, False)
     except IntegrityError:
         async with request.app[sessionmaker_key].begin() as session:
-            return await use_case(session)
+            return await use_case(session, True)
 
 
 async def _submit(request: web.Request, principal: Principal, compact: str) -> service.Submission:
     return await _once_more_on_race(
         request,
-        lambda session: service.submit_referral(
+        lambda session, look_for_repeat: service.submit_referral(
             session,
             principal=principal,
             compact=compact,
             received_at=utcnow(),
             receipts=request.app[receipt_signer_key],
             request_id=request_id(request),
+            look_for_repeat=look_for_repeat,
         ),
     )
 
@@ -95,7 +100,7 @@ async def submit_referral(request: web.Request) -> web.Response:
 
 @routes.post("/v1/referrals:batch")
 async def submit_referrals_batch(request: web.Request) -> web.Response:
-    """Submit up to 100 signed documents; each is accepted or refused on its own."""
+    """Submit up to 100 signed documents in one transaction; each is accepted or refused on its own."""
     principal = require_scope(request, "referrals:write")
     body = await json_body(request)
     documents = body.get("documents") if isinstance(body, dict) else None
@@ -103,20 +108,34 @@ async def submit_referrals_batch(request: web.Request) -> web.Response:
         raise errors.BadRequest('the body must be {"documents": ["<compact JWS>", ...]}')
     if not 1 <= len(documents) <= MAX_BATCH:
         raise errors.BadRequest(f"a batch holds 1 to {MAX_BATCH} documents")
+    principal_receipts = request.app[receipt_signer_key]
+    try:
+        async with request.app[sessionmaker_key].begin() as session:
+            outcomes = await service.submit_referrals(
+                session,
+                principal=principal,
+                compacts=documents,
+                received_at=utcnow(),
+                receipts=principal_receipts,
+                request_id=request_id(request),
+            )
+    except IntegrityError:
+        # A concurrent request stored one of these jti first: one document (and transaction) at a time.
+        outcomes = []
+        for compact in documents:
+            try:
+                outcomes.append(await _submit(request, principal, compact))
+            except errors.Problem as problem:
+                outcomes.append(problem)
+    now = utcnow()
     results = []
-    for index, compact in enumerate(documents):
-        try:
-            submission = await _submit(request, principal, compact)
-        except errors.Problem as problem:
-            body_of_problem = json.loads(problem_response(problem, request).body)  # type: ignore[arg-type]
-            results.append({"index": index, "status": problem.status, "problem": body_of_problem})
+    for index, outcome in enumerate(outcomes):
+        if isinstance(outcome, errors.Problem):
+            body_of_problem = json.loads(problem_response(outcome, request).body)  # type: ignore[arg-type]
+            results.append({"index": index, "status": outcome.status, "problem": body_of_problem})
             continue
         results.append(
-            {
-                "index": index,
-                "status": 201 if submission.created else 200,
-                **_submission_body(submission, utcnow()),
-            }
+            {"index": index, "status": 201 if outcome.created else 200, **_submission_body(outcome, now)}
         )
     return json_response({"results": results})
 
@@ -202,7 +221,7 @@ async def record_status(request: web.Request) -> web.Response:
     compact = await _compact_from_body(request)
     recorded = await _once_more_on_race(
         request,
-        lambda session: service.record_status(
+        lambda session, look_for_repeat: service.record_status(
             session,
             principal=principal,
             referral_id=request.match_info["referral_id"],
@@ -210,6 +229,7 @@ async def record_status(request: web.Request) -> web.Response:
             received_at=utcnow(),
             receipts=request.app[receipt_signer_key],
             request_id=request_id(request),
+            look_for_repeat=look_for_repeat,
         ),
     )
     now = utcnow()

@@ -9,17 +9,25 @@ from datetime import datetime
 from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import Table, and_, insert, or_, select, update
+from sqlalchemy import Integer, String, Table, and_, any_, bindparam, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from referral.audit.service import append_entry
+from referral.audit.service import (
+    append_entries,
+    append_entry,
+    entry_values,
+    new_entry,
+    queued_entry_cte,
+    write_entry,
+)
 from referral.auth.principal import PartyKind, Principal
 from referral.core import errors
 from referral.core.ids import new_id
 from referral.core.timeutil import isoformat, isoformat_or_none
 from referral.feed.outbox import emit
 from referral.parties.keys import signing_key
-from referral.parties.models import Party
+from referral.parties.service import party_kind
 from referral.referrals import events, lifecycle
 from referral.referrals.documents import (
     DocumentType,
@@ -43,6 +51,89 @@ _referrals = cast(Table, Referral.__table__)
 _items = cast(Table, ReferralItem.__table__)
 _statuses = cast(Table, ReferralStatus.__table__)
 _links = cast(Table, ReferralLink.__table__)
+
+# Statements built once: SQLAlchemy then finds their compiled form without re-deriving a cache key each time.
+_INSERT_REFERRAL = insert(_referrals)
+_INSERT_ITEMS = insert(_items)
+_INSERT_LINKS = insert(_links)
+_INSERT_STATUS = insert(_statuses)
+_OPEN_STATUSES = [status.value for status in lifecycle.OPEN_STATUSES]
+
+
+def _overlap_query(*, by_url: bool, by_hash: bool) -> Any:
+    matches = []
+    if by_url:
+        matches.append(ReferralItem.url.in_(bindparam("urls", expanding=True)))
+    if by_hash:
+        matches.append(ReferralItem.content_sha256.in_(bindparam("hashes", expanding=True)))
+    return (
+        select(ReferralItem.referral_id, Referral.issuer_id)
+        .join(Referral, Referral.id == ReferralItem.referral_id)
+        .where(
+            ReferralItem.addressee_id == bindparam("addressee"),
+            ReferralItem.referral_id != bindparam("referral_id"),
+            or_(*matches),
+            Referral.status.in_(_OPEN_STATUSES),
+        )
+        .distinct()
+    )
+
+
+_OVERLAP_QUERIES = {
+    (by_url, by_hash): _overlap_query(by_url=by_url, by_hash=by_hash)
+    for by_url, by_hash in ((True, False), (False, True), (True, True))
+}
+
+
+def _postgres_submission() -> Any:
+    """PostgreSQL: a new referral in one statement (one round trip instead of five).
+
+    Data-modifying CTEs insert the audit entry and queue it for the sequencer, the referral and its items;
+    the statement's own SELECT is the de-confliction look-up, which sees the database as it was before the
+    statement (so never the new referral itself). Parameters: the referral's columns by name, the entry's
+    prefixed ``entry_``, the items as arrays ``item_*``, and the de-confliction keys ``urls`` / ``hashes``.
+    """
+    appended, queued = queued_entry_cte(prefix="entry_")
+    stored = insert(_referrals).values({column.name: bindparam(column.name) for column in _referrals.columns})
+    item = (
+        func.unnest(
+            bindparam("item_position", type_=postgresql.ARRAY(Integer)),
+            bindparam("item_url", type_=postgresql.ARRAY(String)),
+            bindparam("item_account", type_=postgresql.ARRAY(String)),
+            bindparam("item_content_sha256", type_=postgresql.ARRAY(String)),
+        )
+        .table_valued("position", "url", "account", "content_sha256")
+        .render_derived()
+        .alias("item")
+    )
+    items = insert(_items).from_select(
+        ["referral_id", "position", "addressee_id", "url", "account", "content_sha256"],
+        select(
+            bindparam("id", type_=String),
+            item.c.position,
+            bindparam("addressee_id", type_=String),
+            item.c.url,
+            item.c.account,
+            item.c.content_sha256,
+        ),
+    )
+    return (
+        select(ReferralItem.referral_id, Referral.issuer_id)
+        .join(Referral, Referral.id == ReferralItem.referral_id)
+        .where(
+            ReferralItem.addressee_id == bindparam("addressee_id"),
+            or_(
+                ReferralItem.url == any_(bindparam("urls", type_=postgresql.ARRAY(String))),
+                ReferralItem.content_sha256 == any_(bindparam("hashes", type_=postgresql.ARRAY(String))),
+            ),
+            Referral.status.in_(_OPEN_STATUSES),
+        )
+        .distinct()
+        .add_cte(appended, queued, stored.cte("stored"), items.cte("items"))
+    )
+
+
+_POSTGRES_SUBMISSION = _postgres_submission()
 
 DECIDED_STATUSES = frozenset({Status.ACTION_TAKEN, Status.PARTIALLY_ACTIONED, Status.NO_ACTION})
 MAX_PAGE_SIZE = 200
@@ -81,40 +172,29 @@ async def _verified(
     if issuer != principal.party_id:
         raise errors.Forbidden("the document's iss must be the calling party's id")
     key = await signing_key(session, party_id=principal.party_id, kid=document.kid, at=at)
-    key.verify_compact(document.compact)
+    key.check_document(document.compact, alg=document.alg, kid=document.kid)
 
 
-async def submit_referral(
-    session: AsyncSession,
-    *,
-    principal: Principal,
-    compact: str,
-    received_at: datetime,
-    receipts: ReceiptSigner,
-    request_id: str,
-) -> Submission:
-    """Verify a signed referral, store it verbatim with its items, audit it, and sign its receipt."""
-    if principal.party_kind is not PartyKind.AUTHORITY:
-        raise errors.Forbidden("only authorities submit referrals")
+async def _parse_referral(
+    session: AsyncSession, *, principal: Principal, compact: str, received_at: datetime
+) -> tuple[UnverifiedDocument, ReferralDocument]:
+    """Parse, verify against the issuer's key, and validate a signed referral."""
     unverified = parse_compact(compact, typ=REFERRAL_TYP)
     await _verified(session, document=unverified, principal=principal, at=received_at)
     try:
-        document = ReferralDocument.model_validate(unverified.claims)
+        return unverified, ReferralDocument.model_validate(unverified.claims)
     except ValidationError as exc:
         raise validation_problem(exc, "referral") from exc
 
-    existing = (
-        await session.execute(
-            select(Referral).where(Referral.issuer_id == principal.party_id, Referral.jti == document.jti)
-        )
-    ).scalar_one_or_none()
-    if existing is not None:
-        if existing.jws_sha256 != unverified.sha256:
-            raise DocumentConflict(f"jti {document.jti!r} was already used for another document")
-        return Submission(existing, created=False)
 
-    addressee = await session.get(Party, document.addressee)
-    if addressee is None or addressee.kind != PartyKind.PROVIDER:
+def _repeat_of(existing: Referral, unverified: UnverifiedDocument, jti: str) -> Submission:
+    if existing.jws_sha256 != unverified.sha256:
+        raise DocumentConflict(f"jti {jti!r} was already used for another document")
+    return Submission(existing, created=False)
+
+
+async def _require_provider(session: AsyncSession, addressee_id: str) -> None:
+    if await party_kind(session, party_id=addressee_id) != PartyKind.PROVIDER:
         raise errors.ValidationFailed(
             "the addressee is not a registered provider",
             errors=[
@@ -122,34 +202,33 @@ async def submit_referral(
             ],
         )
 
-    referral_id = new_id()
+
+def _referral_values(
+    *,
+    referral_id: str,
+    principal: Principal,
+    unverified: UnverifiedDocument,
+    document: ReferralDocument,
+    received_at: datetime,
+    entry_id: str,
+    receipts: ReceiptSigner,
+) -> dict[str, Any]:
+    """The row of a new referral, with its signed receipt."""
     deadline = deadline_for(document, received_at)
-    preserved_until = preservation_expires_at(document, received_at)
-    entry = await append_entry(
-        session,
-        action="referral.submitted",
-        subject_type="referral",
-        subject_id=referral_id,
-        actor_party=principal.party_id,
-        actor_client=principal.client_id,
-        request_id=request_id,
-        digest=unverified.sha256,
-        visible_to=[principal.party_id, addressee.id],
-    )
     receipt = receipts.sign(
         {
             "referral_id": referral_id,
             "jws_sha256": unverified.sha256,
             "received_at": isoformat(received_at),
             "deadline": isoformat_or_none(deadline),
-            "audit_entry_id": entry.id,
+            "audit_entry_id": entry_id,
         }
     )
-    values: dict[str, Any] = {
+    return {
         "id": referral_id,
         "type": document.type.value,
         "issuer_id": principal.party_id,
-        "addressee_id": addressee.id,
+        "addressee_id": document.addressee,
         "jti": document.jti,
         "kid": unverified.kid,
         "jws": unverified.compact,
@@ -164,33 +243,322 @@ async def submit_referral(
         "acknowledged_at": None,
         "decided_at": None,
         "closed_at": None,
-        "preserved_until": preserved_until,
+        "preserved_until": preservation_expires_at(document, received_at),
         "overdue_notified_at": None,
         "expiry_warned_until": None,
         "updated_at": received_at,
-        "audit_entry_id": entry.id,
+        "audit_entry_id": entry_id,
         "receipt": receipt,
     }
-    await session.execute(insert(_referrals).values(**values))
-    await session.execute(
-        insert(_items),
-        [
-            {
-                "referral_id": referral_id,
-                "position": position,
-                "addressee_id": addressee.id,
-                "url": item.url,
-                "account": item.account,
-                "content_sha256": item.content_sha256,
-            }
-            for position, item in enumerate(document.items)
-        ],
+
+
+def _item_rows(referral_id: str, document: ReferralDocument) -> list[dict[str, Any]]:
+    return [
+        {
+            "referral_id": referral_id,
+            "position": position,
+            "addressee_id": document.addressee,
+            "url": item.url,
+            "account": item.account,
+            "content_sha256": item.content_sha256,
+        }
+        for position, item in enumerate(document.items)
+    ]
+
+
+async def submit_referral(
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    compact: str,
+    received_at: datetime,
+    receipts: ReceiptSigner,
+    request_id: str,
+    look_for_repeat: bool = True,
+) -> Submission:
+    """Verify a signed referral, store it verbatim with its items, audit it, and sign its receipt.
+
+    With ``look_for_repeat=False`` the look-up of an earlier document with the same ``jti`` is left to the
+    unique constraint: a repeat then fails the INSERT with an ``IntegrityError``, and the caller runs the use
+    case once more with the look-up (see ``routes._once_more_on_race``). One round trip less per submission.
+    """
+    if principal.party_kind is not PartyKind.AUTHORITY:
+        raise errors.Forbidden("only authorities submit referrals")
+    unverified, document = await _parse_referral(
+        session, principal=principal, compact=compact, received_at=received_at
     )
-    related = await _link_overlapping(session, referral_id=referral_id, document=document, at=received_at)
+    if look_for_repeat:
+        existing = (
+            await session.execute(
+                select(Referral).where(Referral.issuer_id == principal.party_id, Referral.jti == document.jti)
+            )
+        ).scalar_one_or_none()
+        if existing is not None:
+            return _repeat_of(existing, unverified, document.jti)
+    await _require_provider(session, document.addressee)
+
+    referral_id = new_id()
+    entry = new_entry(
+        action="referral.submitted",
+        subject_type="referral",
+        subject_id=referral_id,
+        actor_party=principal.party_id,
+        actor_client=principal.client_id,
+        request_id=request_id,
+        digest=unverified.sha256,
+        visible_to=[principal.party_id, document.addressee],
+    )
+    values = _referral_values(
+        referral_id=referral_id,
+        principal=principal,
+        unverified=unverified,
+        document=document,
+        received_at=received_at,
+        entry_id=entry.id,
+        receipts=receipts,
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        items = document.items
+        found = await session.execute(
+            _POSTGRES_SUBMISSION,
+            {
+                **values,
+                **entry_values(entry, prefix="entry_"),
+                "item_position": list(range(len(items))),
+                "item_url": [item.url for item in items],
+                "item_account": [item.account for item in items],
+                "item_content_sha256": [item.content_sha256 for item in items],
+                "urls": sorted({item.url for item in items if item.url}),
+                "hashes": sorted({item.content_sha256 for item in items if item.content_sha256}),
+            },
+        )
+        related = sorted((str(other), str(issuer)) for other, issuer in found)
+        await _insert_links(session, referral_id, related, at=received_at)
+    else:
+        await write_entry(session, entry)
+        await session.execute(_INSERT_REFERRAL, values)
+        await session.execute(_INSERT_ITEMS, _item_rows(referral_id, document))
+        related = await _link_overlapping(session, referral_id=referral_id, document=document, at=received_at)
     referral = Referral(**values)
     emit(session, events.submitted(referral, received_at))
     emit(session, events.related(referral, related, received_at))
     return Submission(referral, created=True)
+
+
+@dataclass
+class _Accepted:
+    """A batch document that will be stored: its place in the batch and what it needs."""
+
+    index: int
+    unverified: UnverifiedDocument
+    document: ReferralDocument
+    referral_id: str = ""
+    urls: frozenset[str] = frozenset()
+    hashes: frozenset[str] = frozenset()
+
+
+async def submit_referrals(
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    compacts: Sequence[str],
+    received_at: datetime,
+    receipts: ReceiptSigner,
+    request_id: str,
+) -> list[Submission | errors.Problem]:
+    """Submit many documents in one transaction, with a few statements for all of them: each document is
+    accepted (or answered as a repeat) or refused on its own, with the same outcome as ``submit_referral``
+    one after the other, including de-confliction links between documents of the same batch.
+
+    A concurrent request that stores one of the same ``jti`` first makes the transaction fail with an
+    ``IntegrityError``; the caller then submits the documents one by one.
+    """
+    if principal.party_kind is not PartyKind.AUTHORITY:
+        raise errors.Forbidden("only authorities submit referrals")
+    outcomes: list[Submission | errors.Problem | None] = [None] * len(compacts)
+    parsed: list[_Accepted] = []
+    for index, compact in enumerate(compacts):
+        try:
+            unverified, document = await _parse_referral(
+                session, principal=principal, compact=compact, received_at=received_at
+            )
+            await _require_provider(session, document.addressee)
+        except errors.Problem as problem:
+            outcomes[index] = problem
+            continue
+        parsed.append(_Accepted(index, unverified, document))
+    new = await _new_in_batch(session, principal=principal, parsed=parsed, outcomes=outcomes)
+    referrals = await _store_batch(
+        session,
+        principal=principal,
+        new=new,
+        received_at=received_at,
+        receipts=receipts,
+        request_id=request_id,
+    )
+    created = {referral.jti: referral for referral in referrals}
+    for accepted, referral in zip(new, referrals, strict=True):
+        outcomes[accepted.index] = Submission(referral, created=True)
+    for accepted in parsed:
+        if outcomes[accepted.index] is None:  # a repeat of an earlier document of the same batch
+            outcomes[accepted.index] = Submission(created[accepted.document.jti], created=False)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+async def _new_in_batch(
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    parsed: list[_Accepted],
+    outcomes: list[Submission | errors.Problem | None],
+) -> list[_Accepted]:
+    """The documents to store; repeats of stored documents and conflicts go into ``outcomes``."""
+    jtis = sorted({accepted.document.jti for accepted in parsed})
+    earlier: dict[str, Referral] = {}
+    if jtis:
+        query = select(Referral).where(Referral.issuer_id == principal.party_id, Referral.jti.in_(jtis))
+        earlier = {referral.jti: referral for referral in (await session.execute(query)).scalars()}
+    new: list[_Accepted] = []
+    in_batch: dict[str, _Accepted] = {}
+    for accepted in parsed:
+        jti = accepted.document.jti
+        try:
+            if jti in earlier:
+                outcomes[accepted.index] = _repeat_of(earlier[jti], accepted.unverified, jti)
+                continue
+            if jti in in_batch:
+                if in_batch[jti].unverified.sha256 != accepted.unverified.sha256:
+                    raise DocumentConflict(f"jti {jti!r} was already used for another document")
+                continue
+        except errors.Problem as problem:
+            outcomes[accepted.index] = problem
+            continue
+        accepted.referral_id = new_id()
+        accepted.urls = frozenset(item.url for item in accepted.document.items if item.url)
+        accepted.hashes = frozenset(
+            item.content_sha256 for item in accepted.document.items if item.content_sha256
+        )
+        in_batch[jti] = accepted
+        new.append(accepted)
+    return new
+
+
+async def _store_batch(
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    new: list[_Accepted],
+    received_at: datetime,
+    receipts: ReceiptSigner,
+    request_id: str,
+) -> list[Referral]:
+    """Audit entries, referrals, items, links and events of new batch documents, a statement per table."""
+    if not new:
+        return []
+    entries = await append_entries(
+        session,
+        [
+            {
+                "action": "referral.submitted",
+                "subject_type": "referral",
+                "subject_id": accepted.referral_id,
+                "actor_party": principal.party_id,
+                "actor_client": principal.client_id,
+                "request_id": request_id,
+                "digest": accepted.unverified.sha256,
+                "visible_to": [principal.party_id, accepted.document.addressee],
+            }
+            for accepted in new
+        ],
+    )
+    rows = [
+        _referral_values(
+            referral_id=accepted.referral_id,
+            principal=principal,
+            unverified=accepted.unverified,
+            document=accepted.document,
+            received_at=received_at,
+            entry_id=entry.id,
+            receipts=receipts,
+        )
+        for accepted, entry in zip(new, entries, strict=True)
+    ]
+    related_by_id = await _link_overlapping_many(session, new)
+    await session.execute(_INSERT_REFERRAL, rows)
+    await session.execute(
+        _INSERT_ITEMS,
+        [row for accepted in new for row in _item_rows(accepted.referral_id, accepted.document)],
+    )
+    links = [
+        link
+        for accepted in new
+        for other, _issuer in related_by_id[accepted.referral_id]
+        for link in (
+            {"referral_id": accepted.referral_id, "related_id": other, "created_at": received_at},
+            {"referral_id": other, "related_id": accepted.referral_id, "created_at": received_at},
+        )
+    ]
+    if links:
+        await session.execute(_INSERT_LINKS, links)
+    referrals = [Referral(**values) for values in rows]
+    for referral in referrals:
+        emit(session, events.submitted(referral, received_at))
+        emit(session, events.related(referral, related_by_id[referral.id], received_at))
+    return referrals
+
+
+async def _link_overlapping_many(
+    session: AsyncSession, batch: Sequence[_Accepted]
+) -> dict[str, list[tuple[str, str]]]:
+    """``_link_overlapping`` for a batch: one query for the stored referrals, and earlier documents of the
+    same batch in memory (as if they had been submitted one after the other); ``(id, issuer_id)`` pairs."""
+    urls = sorted({url for accepted in batch for url in accepted.urls})
+    hashes = sorted({digest for accepted in batch for digest in accepted.hashes})
+    addressees = sorted({accepted.document.addressee for accepted in batch})
+    stored: list[tuple[str, str, str, str | None, str | None]] = []
+    if urls or hashes:
+        matches = []
+        if urls:
+            matches.append(ReferralItem.url.in_(urls))
+        if hashes:
+            matches.append(ReferralItem.content_sha256.in_(hashes))
+        stored = [
+            (str(row[0]), str(row[1]), str(row[2]), row[3], row[4])
+            for row in await session.execute(
+                select(
+                    ReferralItem.referral_id,
+                    Referral.issuer_id,
+                    ReferralItem.addressee_id,
+                    ReferralItem.url,
+                    ReferralItem.content_sha256,
+                )
+                .join(Referral, Referral.id == ReferralItem.referral_id)
+                .where(
+                    ReferralItem.addressee_id.in_(addressees),
+                    or_(*matches),
+                    Referral.status.in_(_OPEN_STATUSES),
+                )
+            )
+        ]
+    related: dict[str, list[tuple[str, str]]] = {}
+    for position, accepted in enumerate(batch):
+        found: set[tuple[str, str]] = {
+            (referral_id, issuer_id)
+            for referral_id, issuer_id, addressee_id, url, digest in stored
+            if addressee_id == accepted.document.addressee
+            and (
+                (url is not None and url in accepted.urls)
+                or (digest is not None and digest in accepted.hashes)
+            )
+        }
+        found.update(
+            (other.referral_id, other.document.iss)
+            for other in batch[:position]
+            if other.document.addressee == accepted.document.addressee
+            and (other.urls & accepted.urls or other.hashes & accepted.hashes)
+        )
+        related[accepted.referral_id] = sorted(found)
+    return related
 
 
 async def _link_overlapping(
@@ -202,24 +570,20 @@ async def _link_overlapping(
     hashes = sorted({item.content_sha256 for item in document.items if item.content_sha256})
     if not urls and not hashes:
         return []
-    matches = []
+    params: dict[str, Any] = {"addressee": document.addressee, "referral_id": referral_id}
     if urls:
-        matches.append(ReferralItem.url.in_(urls))
+        params["urls"] = urls
     if hashes:
-        matches.append(ReferralItem.content_sha256.in_(hashes))
-    related = list(
-        await session.execute(
-            select(ReferralItem.referral_id, Referral.issuer_id)
-            .join(Referral, Referral.id == ReferralItem.referral_id)
-            .where(
-                ReferralItem.addressee_id == document.addressee,
-                ReferralItem.referral_id != referral_id,
-                or_(*matches),
-                Referral.status.in_([status.value for status in lifecycle.OPEN_STATUSES]),
-            )
-            .distinct()
-        )
-    )
+        params["hashes"] = hashes
+    query = _OVERLAP_QUERIES[(bool(urls), bool(hashes))]
+    related = [(str(other), str(issuer)) for other, issuer in await session.execute(query, params)]
+    await _insert_links(session, referral_id, related, at=at)
+    return related
+
+
+async def _insert_links(
+    session: AsyncSession, referral_id: str, related: list[tuple[str, str]], *, at: datetime
+) -> None:
     rows = [
         link
         for other, _issuer in related
@@ -229,8 +593,7 @@ async def _link_overlapping(
         )
     ]
     if rows:
-        await session.execute(insert(_links), rows)
-    return [(other, issuer) for other, issuer in related]
+        await session.execute(_INSERT_LINKS, rows)
 
 
 def _visible(referral: Referral, principal: Principal) -> bool:
@@ -280,7 +643,7 @@ async def record_server_status(
         "audit_entry_id": entry.id,
         "receipt": None,
     }
-    await session.execute(insert(_statuses).values(**values))
+    await session.execute(_INSERT_STATUS, values)
     return ReferralStatus(**values)
 
 
@@ -321,6 +684,61 @@ async def _audit_read(
     )
 
 
+async def deliver_many(
+    session: AsyncSession, *, referrals: Sequence[Referral], at: datetime, request_id: str | None
+) -> None:
+    """``mark_delivered`` for many referrals with a statement per table: a feed page or a listing delivers
+    up to hundreds at once (only those still ``submitted``, guarded by the status in the UPDATE)."""
+    waiting = {referral.id: referral for referral in referrals if referral.status == Status.SUBMITTED.value}
+    if not waiting:
+        return
+    changed = await session.execute(
+        update(_referrals)
+        .where(_referrals.c.id.in_(sorted(waiting)), _referrals.c.status == Status.SUBMITTED.value)
+        .values(status=Status.DELIVERED.value, delivered_at=at, updated_at=at)
+        .returning(_referrals.c.id)
+    )
+    delivered = [waiting[referral_id] for referral_id in sorted(changed.scalars())]
+    if not delivered:
+        return
+    entries = await append_entries(
+        session,
+        [
+            {
+                "action": f"referral.{Status.DELIVERED.value}",
+                "subject_type": "referral",
+                "subject_id": referral.id,
+                "request_id": request_id,
+                "visible_to": [referral.issuer_id, referral.addressee_id],
+            }
+            for referral in delivered
+        ],
+    )
+    rows: list[dict[str, Any]] = [
+        {
+            "id": new_id(),
+            "referral_id": referral.id,
+            "status": Status.DELIVERED.value,
+            "previous_status": referral.status,
+            "actor_party_id": None,
+            "jti": None,
+            "jws": None,
+            "jws_sha256": None,
+            "document": None,
+            "recorded_at": at,
+            "audit_entry_id": entry.id,
+            "receipt": None,
+        }
+        for referral, entry in zip(delivered, entries, strict=True)
+    ]
+    await session.execute(_INSERT_STATUS, rows)
+    for referral, row in zip(delivered, rows, strict=True):
+        referral.status = Status.DELIVERED.value
+        referral.delivered_at = at
+        referral.updated_at = at
+        emit(session, events.delivered(referral, ReferralStatus(**row), at))
+
+
 async def deliver_documents(
     session: AsyncSession,
     *,
@@ -334,18 +752,33 @@ async def deliver_documents(
     audited read) or by a webhook it acknowledged (no reader): the first time, that is their delivery."""
     if not referral_ids:
         return
-    received = (
-        await session.execute(
-            select(Referral)
-            .where(Referral.id.in_(sorted(set(referral_ids))), Referral.addressee_id == provider_id)
-            .order_by(Referral.id)
+    received = list(
+        (
+            await session.execute(
+                select(Referral)
+                .where(Referral.id.in_(sorted(set(referral_ids))), Referral.addressee_id == provider_id)
+                .order_by(Referral.id)
+            )
+        ).scalars()
+    )
+    await deliver_many(session, referrals=received, at=at, request_id=request_id)
+    if reader is not None:
+        await append_entries(
+            session,
+            [
+                {
+                    "action": "referral.read",
+                    "subject_type": "referral",
+                    "subject_id": referral.id,
+                    "actor_party": reader.party_id,
+                    "actor_client": reader.client_id,
+                    "request_id": request_id,
+                    "digest": referral.jws_sha256,
+                    "visible_to": [referral.issuer_id, referral.addressee_id],
+                }
+                for referral in received
+            ],
         )
-    ).scalars()
-    for referral in received:
-        if referral.status == Status.SUBMITTED.value:
-            await mark_delivered(session, referral=referral, at=at, request_id=request_id)
-        if reader is not None:
-            await _audit_read(session, referral=referral, reader=reader, request_id=request_id)
 
 
 async def read_referral(
@@ -432,9 +865,7 @@ async def list_referrals(
     more = len(page) > limit
     page = page[:limit]
     if principal.party_kind is PartyKind.PROVIDER:
-        for referral in page:
-            if referral.status == Status.SUBMITTED.value:
-                await mark_delivered(session, referral=referral, at=now, request_id=request_id)
+        await deliver_many(session, referrals=page, at=now, request_id=request_id)
     return page, (encode_cursor(page[-1].id) if more and page else None)
 
 
@@ -493,6 +924,24 @@ def _actor(principal: Principal) -> lifecycle.Actor:
     raise errors.Forbidden("only the issuing authority and the addressed provider record statuses")
 
 
+async def _repeated_status(
+    session: AsyncSession, referral: Referral, document: StatusDocument, unverified: UnverifiedDocument
+) -> StatusRecorded | None:
+    """The status recorded earlier under the same issuer and ``jti``; a conflict if its bytes differ."""
+    existing = (
+        await session.execute(
+            select(ReferralStatus).where(
+                ReferralStatus.actor_party_id == document.iss, ReferralStatus.jti == document.jti
+            )
+        )
+    ).scalar_one_or_none()
+    if existing is None:
+        return None
+    if existing.jws_sha256 != unverified.sha256:
+        raise DocumentConflict(f"jti {document.jti!r} was already used for another document")
+    return StatusRecorded(referral, existing, created=False)
+
+
 async def record_status(
     session: AsyncSession,
     *,
@@ -502,8 +951,12 @@ async def record_status(
     received_at: datetime,
     receipts: ReceiptSigner,
     request_id: str,
+    look_for_repeat: bool = True,
 ) -> StatusRecorded:
-    """Verify a signed status, check the transition, update the referral and its clocks, audit, receipt."""
+    """Verify a signed status, check the transition, update the referral and its clocks, audit, receipt.
+
+    ``look_for_repeat=False`` leaves a repeated ``jti`` to the unique constraint, as in ``submit_referral``.
+    """
     actor = _actor(principal)
     referral = await get_visible(session, principal=principal, referral_id=referral_id, for_update=True)
     unverified = parse_compact(compact, typ=STATUS_TYP)
@@ -520,27 +973,28 @@ async def record_status(
             ],
         )
 
-    existing = (
-        await session.execute(
-            select(ReferralStatus).where(
-                ReferralStatus.actor_party_id == principal.party_id, ReferralStatus.jti == document.jti
-            )
-        )
-    ).scalar_one_or_none()
-    if existing is not None:
-        if existing.jws_sha256 != unverified.sha256:
-            raise DocumentConflict(f"jti {document.jti!r} was already used for another document")
-        return StatusRecorded(referral, existing, created=False)
+    if look_for_repeat and (repeat := await _repeated_status(session, referral, document, unverified)):
+        return repeat
 
     current = Status(referral.status)
-    lifecycle.check_transition(DocumentType(referral.type), current, document.status, actor)
-    # The stored item count suffices: re-validating up to 1000 stored items per status would be wasted work.
-    problems = outcome_problems(referral.item_count, document)
-    if problems:
-        raise errors.ValidationFailed(
-            "the item outcomes do not fit the referral",
-            errors=[{"loc": ["payload", "items"], "msg": problem, "type": "outcome"} for problem in problems],
-        )
+    try:
+        lifecycle.check_transition(DocumentType(referral.type), current, document.status, actor)
+        # The stored item count suffices: re-validating up to 1000 stored items per status would be waste.
+        problems = outcome_problems(referral.item_count, document)
+        if problems:
+            raise errors.ValidationFailed(
+                "the item outcomes do not fit the referral",
+                errors=[
+                    {"loc": ["payload", "items"], "msg": problem, "type": "outcome"} for problem in problems
+                ],
+            )
+    except errors.Problem:
+        # A repeat of a status recorded earlier answers as that status, though its transition is past now.
+        if not look_for_repeat and (
+            repeat := await _repeated_status(session, referral, document, unverified)
+        ):
+            return repeat
+        raise
     if current is Status.SUBMITTED and document.status is Status.ACKNOWLEDGED:
         # Acknowledging what was never fetched is also its delivery (see lifecycle's docstring).
         await mark_delivered(session, referral=referral, at=received_at, request_id=request_id)
@@ -585,7 +1039,7 @@ async def record_status(
         "audit_entry_id": entry.id,
         "receipt": receipt,
     }
-    await session.execute(insert(_statuses).values(**status_values))
+    await session.execute(_INSERT_STATUS, status_values)
     await session.execute(update(_referrals).where(_referrals.c.id == referral.id).values(**changes))
     for name, value in changes.items():
         setattr(referral, name, value)

@@ -43,6 +43,7 @@ from referral.webhooks.service import PING, DeliveryState, disable_subscription
 from referral.webhooks.ssrf import GuardedResolver, UnsafeDestination, check_url
 
 log = structlog.get_logger("referral.webhooks.delivery")
+WAKE_COALESCE_SECONDS = 0.1
 
 _deliveries = cast(Table, WebhookDelivery.__table__)
 _attempts = cast(Table, WebhookAttempt.__table__)
@@ -456,6 +457,10 @@ async def _run(app: web.Application, stopping: asyncio.Event) -> None:
                     await asyncio.sleep(0)
                     continue
                 await pause(stopping, settings.webhook_poll_interval_seconds, woken)
+                if woken.is_set() and not stopping.is_set():
+                    # Every commit wakes us; under load, one round per commit would be two transactions
+                    # for each request. Gathering the commits of a few milliseconds costs that little.
+                    await asyncio.sleep(WAKE_COALESCE_SECONDS)
     finally:
         # Shutting down: let attempts under way finish and be recorded (they are bounded by the timeout);
         # whatever is cut off is sent again when its lease runs out.

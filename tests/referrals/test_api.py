@@ -463,6 +463,53 @@ async def test_batch_submission_answers_per_item(
     assert await count(client, Referral) == 2
 
 
+async def test_batch_is_one_transaction_with_repeats_conflicts_and_links(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    stored_claims = referral_claims(authority, provider)
+    stored = sign_document(authority, stored_claims)
+    status, _body, _ = await submit(client, authority, stored_claims)
+    assert status == 201
+    url = "https://video.example.com/watch?v=batch-shared"
+    repeated_claims = referral_claims(authority, provider, items=[{"url": url}])
+    repeated = sign_document(authority, repeated_claims)
+    documents = [
+        stored,  # an idempotent repeat of a stored document
+        sign_document(authority, {**stored_claims, "case_reference": "other"}),  # same jti, other bytes
+        repeated,
+        repeated,  # the same document twice in one batch: a repeat of the first
+        sign_document(authority, {**repeated_claims, "case_reference": "other"}),  # in-batch conflict
+        sign_document(authority, referral_claims(authority, provider, items=[{"url": url}])),  # overlaps
+    ]
+    response = await client.post(
+        "/v1/referrals:batch", json={"documents": documents}, headers=await bearer(client, authority)
+    )
+    assert response.status == 200
+    results = (await response.json())["results"]
+    assert [r["index"] for r in results] == list(range(6))
+    assert [r["status"] for r in results] == [200, 409, 201, 200, 409, 201]
+    assert results[3]["referral"]["id"] == results[2]["referral"]["id"]
+    assert results[1]["problem"]["type"].endswith("/jti-conflict")
+    assert await count(client, Referral) == 3
+    # Every new referral has its audit entry; the overlapping pair is linked both ways.
+    first, last = results[2]["referral"]["id"], results[5]["referral"]["id"]
+    headers = await bearer(client, authority)
+    seen = await (await client.get(f"/v1/referrals/{last}", headers=headers)).json()
+    assert seen["related"] == [{"referral_id": first, "same_issuer": True}]
+    seen = await (await client.get(f"/v1/referrals/{first}", headers=headers)).json()
+    assert seen["related"] == [{"referral_id": last, "same_issuer": True}]
+    for result in results:
+        if result["status"] == 201:
+            entry = await client.get(
+                f"/v1/audit/entries/{result['referral']['audit_entry_id']}", headers=headers
+            )
+            assert (await entry.json())["entry"]["subject_id"] == result["referral"]["id"]
+    # Each new referral reached the provider's feed once.
+    feed = await (await client.get("/v1/feed", headers=await bearer(client, provider))).json()
+    submitted = [e["data"]["referral"]["id"] for e in feed["events"] if e["type"] == "referral.submitted"]
+    assert sorted(submitted) == sorted([_body["referral"]["id"], first, last])
+
+
 async def test_overlapping_referrals_are_linked(
     client: TestClient[Any, Any], authority: TestParty, provider: TestParty
 ) -> None:
