@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -67,31 +65,6 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> 
         cursor.close()
 
 
-# A pooled PostgreSQL connection that sat unused this long is pinged before it is handed out again.
-PING_AFTER_IDLE_SECONDS = 2.0
-
-
-def _mark_idle(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-    record.info["idle_since"] = time.monotonic()
-
-
-def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
-    """Pessimistic disconnect handling, but only for connections that were idle a while.
-
-    ``pool_pre_ping`` costs three round trips on asyncpg (BEGIN, ping, ROLLBACK) on *every* checkout, more
-    than a whole INSERT. A connection in constant use cannot have gone stale unnoticed (an error on it
-    invalidates the pool), so only connections idle for ``PING_AFTER_IDLE_SECONDS`` are checked; a failed
-    ping makes the pool replace the connection, as ``pool_pre_ping`` would.
-    """
-    idle_since = record.info.get("idle_since")
-    if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
-        return
-    try:
-        dbapi_connection.ping()
-    except Exception as exc:
-        raise DisconnectionError("the pooled connection did not answer a ping") from exc
-
-
 def create_engine(settings: Settings, *, database_url: str | None = None) -> AsyncEngine:
     """An async engine for the configured database with the connection settings this service relies on."""
     url = database_url or settings.database_url
@@ -100,21 +73,18 @@ def create_engine(settings: Settings, *, database_url: str | None = None) -> Asy
         event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
         return engine
     timeout_ms = int(settings.db_statement_timeout * 1000)
-    engine = create_async_engine(
+    return create_async_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_timeout=settings.db_pool_timeout,
-        pool_pre_ping=False,
+        pool_pre_ping=True,
         connect_args={
             "timeout": settings.db_pool_timeout,
             "command_timeout": settings.db_statement_timeout,
             "server_settings": {"statement_timeout": str(timeout_ms), "TimeZone": "UTC"},
         },
     )
-    event.listen(engine.sync_engine, "checkin", _mark_idle)
-    event.listen(engine.sync_engine, "checkout", _ping_if_idle)
-    return engine
 
 
 def create_sessionmaker(

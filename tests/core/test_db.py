@@ -6,10 +6,9 @@ import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, insert, select, text
+from sqlalchemy import Column, Integer, MetaData, Table, insert, select
 
 from referral.config import Settings
-from referral.core import db
 from referral.core.db import UTCDateTime, create_engine
 from referral.core.ids import new_id
 
@@ -52,30 +51,3 @@ def test_ids_are_uuid7_and_sort_by_creation() -> None:
     earlier = new_id()
     time.sleep(0.002)
     assert new_id() > earlier
-
-
-async def test_a_connection_idle_for_a_while_is_pinged_and_replaced_when_gone(
-    backend: str, database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Instead of ``pool_pre_ping`` on every checkout, connections idle past a threshold are checked first."""
-    if backend != "postgresql":
-        pytest.skip("SQLite has no server connection to lose")
-    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)
-    engine = create_engine(Settings(database_url=database_url, db_pool_size=1))
-    try:
-        async with engine.connect() as connection:
-            first = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-        async with engine.connect() as connection:
-            # another connection of the pool ends the first one's server process, as a restart would
-            await connection.execute(text("SELECT 1"))
-        admin = create_engine(Settings(database_url=database_url))
-        try:
-            async with admin.connect() as connection:
-                await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
-        finally:
-            await admin.dispose()
-        async with engine.connect() as connection:
-            second = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-    finally:
-        await engine.dispose()
-    assert second != first
