@@ -629,7 +629,16 @@ async def record_server_status(
         request_id=request_id,
         visible_to=[referral.issuer_id, referral.addressee_id],
     )
-    values: dict[str, Any] = {
+    values = _server_status_row(referral, status, at=at, audit_entry_id=entry.id)
+    await session.execute(_INSERT_STATUS, values)
+    return ReferralStatus(**values)
+
+
+def _server_status_row(
+    referral: Referral, status: Status, *, at: datetime, audit_entry_id: str
+) -> dict[str, Any]:
+    """A history row for a status the service records itself: no signer, no document, no receipt."""
+    return {
         "id": new_id(),
         "referral_id": referral.id,
         "status": status.value,
@@ -640,11 +649,9 @@ async def record_server_status(
         "jws_sha256": None,
         "document": None,
         "recorded_at": at,
-        "audit_entry_id": entry.id,
+        "audit_entry_id": audit_entry_id,
         "receipt": None,
     }
-    await session.execute(_INSERT_STATUS, values)
-    return ReferralStatus(**values)
 
 
 async def mark_delivered(
@@ -714,21 +721,8 @@ async def deliver_many(
             for referral in delivered
         ],
     )
-    rows: list[dict[str, Any]] = [
-        {
-            "id": new_id(),
-            "referral_id": referral.id,
-            "status": Status.DELIVERED.value,
-            "previous_status": referral.status,
-            "actor_party_id": None,
-            "jti": None,
-            "jws": None,
-            "jws_sha256": None,
-            "document": None,
-            "recorded_at": at,
-            "audit_entry_id": entry.id,
-            "receipt": None,
-        }
+    rows = [
+        _server_status_row(referral, Status.DELIVERED, at=at, audit_entry_id=entry.id)
         for referral, entry in zip(delivered, entries, strict=True)
     ]
     await session.execute(_INSERT_STATUS, rows)
