@@ -522,6 +522,7 @@ class Run:
     counter: int = 0
     only: frozenset[str] = frozenset()
     started: float = field(default_factory=time.monotonic)
+    profile_to: Path | None = None
 
     def wants(self, scenario: str) -> bool:
         """Whether the scenario is part of this run (``--only``)."""
@@ -627,15 +628,39 @@ def bare_phases(run: Run, url: str, authorities: list[Party], providers: list[Pa
             _record(run, "single", "bare", result)
 
 
+@contextlib.contextmanager
+def profiled(run: Run, server: Server) -> Iterator[None]:
+    """With ``--profile``: py-spy samples the server (and its worker processes) while the phases run, keeping
+    the stacks of GIL holders in collapsed form (one line per stack, for flame graphs or a quick sort)."""
+    if run.profile_to is None:
+        yield
+        return
+    run.profile_to.mkdir(parents=True, exist_ok=True)
+    stacks = run.profile_to / f"{run.backend}-service.txt"
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    recorder = subprocess.Popen(
+        [py_spy, "record", "--pid", str(server.pid), "--subprocesses", "--gil", "--rate", "200",
+         "--format", "raw", "--output", str(stacks)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        recorder.wait(timeout=60)
+        run.notes.append(f"py-spy stacks of the service: {stacks}")
+
+
 def full_phases(run: Run, url: str, authorities: list[Party], providers: list[Party], workers: int) -> None:
     """Every scenario against ``referral serve``."""
     profile = run.profile
     port = _free_port()
     command = [sys.executable, "-m", "referral", "serve", "--port", str(port), "--workers", str(workers)]
     base = f"http://127.0.0.1:{port}"
-    with Server(
-        "service", command, service_env(run, url, port), port, run.workdir / "service.log"
-    ) as service:
+    with (
+        Server("service", command, service_env(run, url, port), port, run.workdir / "service.log") as service,
+        profiled(run, service),
+    ):
         for party in (*authorities, *providers):
             party.token = obtain_token(base, party)
         documents = Documents(authorities, providers)
@@ -920,11 +945,17 @@ def machine() -> dict[str, Any]:
 
 
 def run_backend(
-    backend: str, profile: Profile, workers: int, keep: bool, only: frozenset[str] = frozenset()
+    backend: str,
+    profile: Profile,
+    workers: int,
+    keep: bool,
+    *,
+    only: frozenset[str] = frozenset(),
+    profile_to: Path | None = None,
 ) -> dict[str, Any]:
     """Every phase on one database."""
     workdir = Path(tempfile.mkdtemp(prefix=f"referral-bench-{backend}-"))
-    run = Run(backend, workdir, profile, only=only)
+    run = Run(backend, workdir, profile, only=only, profile_to=profile_to)
     started = time.monotonic()
     workers = 1 if backend == "sqlite" else workers
     try:
@@ -962,6 +993,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help=f"folder for the JSON results (default {RESULTS})")
     parser.add_argument("--require-postgres", action="store_true", help="fail instead of skipping PostgreSQL")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="sample the service with py-spy (make bench installs it) into this folder (collapsed stacks)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folders (logs, specs, results)")
     parser.add_argument(
         "--only",
@@ -989,7 +1025,9 @@ def main(argv: list[str] | None = None) -> int:
             skipped[backend] = reason
             continue
         only = frozenset(name.strip() for name in args.only.split(",") if name.strip())
-        runs.append(run_backend(backend, profile, args.workers, args.keep, only))
+        runs.append(
+            run_backend(backend, profile, args.workers, args.keep, only=only, profile_to=args.profile)
+        )
     document = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": "smoke" if args.smoke else "full",
