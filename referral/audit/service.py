@@ -42,6 +42,32 @@ def entry_document(entry: AuditEntry) -> dict[str, Any]:
     }
 
 
+def new_entry_row(
+    *,
+    action: str,
+    subject_type: str,
+    subject_id: str,
+    actor_party: str | None = None,
+    actor_client: str | None = None,
+    request_id: str | None = None,
+    digest: str | None = None,
+    visible_to: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The columns of a new entry, not written yet (hot paths write these rows without ORM objects)."""
+    return {
+        "id": new_id(),
+        "at": utcnow(),
+        "actor_party": actor_party,
+        "actor_client": actor_client,
+        "action": action,
+        "subject_type": subject_type,
+        "subject_id": subject_id,
+        "request_id": request_id or None,
+        "digest": digest,
+        "visible_to": sorted(set(visible_to)),
+    }
+
+
 def new_entry(
     *,
     action: str,
@@ -55,35 +81,22 @@ def new_entry(
 ) -> AuditEntry:
     """An entry not written yet (for statements that insert it together with other rows)."""
     return AuditEntry(
-        id=new_id(),
-        at=utcnow(),
-        actor_party=actor_party,
-        actor_client=actor_client,
-        action=action,
-        subject_type=subject_type,
-        subject_id=subject_id,
-        request_id=request_id or None,
-        digest=digest,
-        visible_to=sorted(set(visible_to)),
+        **new_entry_row(
+            action=action,
+            subject_type=subject_type,
+            subject_id=subject_id,
+            actor_party=actor_party,
+            actor_client=actor_client,
+            request_id=request_id,
+            digest=digest,
+            visible_to=visible_to,
+        )
     )
 
 
 def entry_values(entry: AuditEntry, *, prefix: str = "") -> dict[str, Any]:
     """The entry's column values, as bound parameters named ``prefix + column``."""
     return {prefix + name: getattr(entry, name) for name in ENTRY_COLUMNS}
-
-
-def queued_entry_cte(*, prefix: str) -> tuple[Any, Any]:
-    """PostgreSQL: CTEs that insert an entry (parameters ``prefix + column``) and queue it for the sequencer,
-    for statements that write an entry together with the change it records."""
-    appended = (
-        insert(_entries)
-        .values({name: bindparam(prefix + name) for name in ENTRY_COLUMNS})
-        .returning(_entries.c.id)
-        .cte(f"{prefix}appended")
-    )
-    queued = insert(_pending).from_select(["entry_id"], select(appended.c.id)).cte(f"{prefix}queued")
-    return appended, queued
 
 
 async def append_entry(
@@ -125,11 +138,16 @@ async def write_entry(session: AsyncSession, entry: AuditEntry) -> None:
 
 async def append_entries(session: AsyncSession, entries: Sequence[dict[str, Any]]) -> list[AuditEntry]:
     """Append several entries (keyword arguments of ``append_entry`` each) with two statements in all."""
-    appended = [new_entry(**entry) for entry in entries]
-    if appended:
-        await session.execute(_INSERT_ENTRY, [entry_values(entry) for entry in appended])
-        await session.execute(_QUEUE_ENTRY, [{"id": entry.id} for entry in appended])
-    return appended
+    rows = [new_entry_row(**entry) for entry in entries]
+    await write_entry_rows(session, rows)
+    return [AuditEntry(**row) for row in rows]
+
+
+async def write_entry_rows(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Write entries made by ``new_entry_row`` and queue them for the sequencer: two statements in all."""
+    if rows:
+        await session.execute(_INSERT_ENTRY, rows)
+        await session.execute(_QUEUE_ENTRY, [{"id": row["id"]} for row in rows])
 
 
 @dataclass(frozen=True)

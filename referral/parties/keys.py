@@ -258,6 +258,16 @@ async def _load(session: AsyncSession, *, party_id: str, kid: str) -> _CachedKey
 async def signing_key(session: AsyncSession, *, party_id: str, kid: str, at: datetime) -> VerifiedKey:
     """The party's key ``kid`` if registered, not revoked and valid at ``at``; else ``SigningKeyRefused``."""
     entry = _cache.get(party_id, kid) or await _load(session, party_id=party_id, kid=kid)
+    return _usable(entry, party_id=party_id, kid=kid, at=at)
+
+
+def cached_signing_key(*, party_id: str, kid: str, at: datetime) -> VerifiedKey | None:
+    """``signing_key`` from the cache alone: ``None`` when the key is not cached."""
+    entry = _cache.get(party_id, kid)
+    return None if entry is None else _usable(entry, party_id=party_id, kid=kid, at=at)
+
+
+def _usable(entry: _CachedKey | None, *, party_id: str, kid: str, at: datetime) -> VerifiedKey:
     if entry is None:
         raise SigningKeyRefused(f"the issuer has no registered key {kid!r}", reason="unknown", kid=kid)
     if entry.revoked_at is not None:

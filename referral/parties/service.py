@@ -118,6 +118,11 @@ _KINDS_CACHE_SIZE = 65_536
 _kinds: dict[str, str] = {}
 
 
+def cached_party_kind(party_id: str) -> str | None:
+    """The party's kind if this process has looked it up before (a party's kind never changes)."""
+    return _kinds.get(party_id)
+
+
 async def party_kind(session: AsyncSession, *, party_id: str) -> str | None:
     """The kind of the party (``authority``, ``provider``, ...), or ``None`` if there is no such party."""
     kind = _kinds.get(party_id)

@@ -15,10 +15,10 @@ from referral.core.timeutil import isoformat
 from referral.feed.outbox import Event, EventType
 from referral.referrals.documents import Status
 from referral.referrals.models import Referral, ReferralStatus
-from referral.referrals.views import status_view, summary
+from referral.referrals.views import ReferralView, status_view, summary
 
 
-def _to_both(referral: Referral, event_type: EventType, at: datetime, **data: object) -> list[Event]:
+def _to_both(referral: ReferralView, event_type: EventType, at: datetime, **data: object) -> list[Event]:
     body = {"referral": summary(referral, at), **data}
     return [
         Event(recipient_id=party_id, type=event_type, created_at=at, data=body, referral_id=referral.id)
@@ -26,7 +26,7 @@ def _to_both(referral: Referral, event_type: EventType, at: datetime, **data: ob
     ]
 
 
-def submitted(referral: Referral, at: datetime) -> list[Event]:
+def submitted(referral: ReferralView, at: datetime) -> list[Event]:
     """A new referral, with its signed document: the provider can act on it without another request."""
     return _to_both(referral, EventType.REFERRAL_SUBMITTED, at, jws=referral.jws)
 
@@ -71,7 +71,7 @@ def preservation_expired(referral: Referral, status: ReferralStatus, at: datetim
     return _to_both(referral, EventType.PRESERVATION_EXPIRED, at, status=status_view(status))
 
 
-def related(referral: Referral, others: Iterable[tuple[str, str]], at: datetime) -> list[Event]:
+def related(referral: ReferralView, others: Iterable[tuple[str, str]], at: datetime) -> list[Event]:
     """De-confliction: a new referral covers what open ones (``(id, issuer_id)`` pairs) already cover.
 
     Each authority hears about its own referral and learns of the other only its id and whether it is its

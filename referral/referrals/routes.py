@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 from aiohttp import web
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from referral.auth.principal import Principal, require_scope
 from referral.core import errors
 from referral.core.appkeys import service_keys_key, sessionmaker_key
+from referral.core.groupcommit import GroupCommit
 from referral.core.timeutil import utcnow
 from referral.core.web import json_body, json_response, problem_response, request_id
 from referral.referrals import service, views
@@ -24,15 +26,22 @@ T = TypeVar("T")
 
 routes = web.RouteTableDef()
 receipt_signer_key = web.AppKey("receipt_signer_key", ReceiptSigner)
+submissions_key = web.AppKey("submissions_key", GroupCommit[service.PreparedReferral, service.Submission])
 
 MAX_BATCH = 100
 JOSE = "application/jose"
 
 
+MAX_GROUP = 100
+
+
 async def referrals_context(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: the receipt signer over the service keys."""
+    """cleanup_ctx: the receipt signer over the service keys, and the group commit of submissions."""
     app[receipt_signer_key] = ReceiptSigner(app[service_keys_key])
+    sessionmaker = app[sessionmaker_key]
+    app[submissions_key] = GroupCommit(functools.partial(_store_group, sessionmaker), max_group=MAX_GROUP)
     yield
+    await app[submissions_key].close()
 
 
 async def _compact_from_body(request: web.Request) -> str:
@@ -69,19 +78,55 @@ async def _once_more_on_race(
             return await use_case(session, True)
 
 
+async def _store_group(
+    sessionmaker: async_sessionmaker[AsyncSession], group: Sequence[service.PreparedReferral]
+) -> list[service.Submission | BaseException]:
+    """Store a group of single submissions in one transaction (``GroupCommit``'s flush).
+
+    Optimistic: nothing looks for repeats first. If the transaction fails on a constraint (a repeated
+    ``jti``, or two requests with the same one in flight), nothing of it was written, and each document is
+    stored on its own instead, looking for the earlier document, so each answers as it would have alone.
+    """
+    try:
+        async with sessionmaker.begin() as session:
+            return list(await service.store_referrals(session, group))
+    except IntegrityError:
+        pass
+    outcomes: list[service.Submission | BaseException] = []
+    for prepared in group:
+        try:
+            outcomes.append(await _store_alone(sessionmaker, prepared))
+        except errors.Problem as problem:
+            outcomes.append(problem)
+    return outcomes
+
+
+async def _store_alone(
+    sessionmaker: async_sessionmaker[AsyncSession], prepared: service.PreparedReferral
+) -> service.Submission:
+    """One prepared referral in its own transaction: the earlier document if the ``jti`` was used, else a
+    new referral; a concurrent request that stores the same ``jti`` in between is found the second time."""
+    try:
+        async with sessionmaker.begin() as session:
+            repeat = await service.find_repeat(session, prepared)
+            return repeat or (await service.store_referrals(session, [prepared]))[0]
+    except IntegrityError:
+        async with sessionmaker.begin() as session:
+            repeat = await service.find_repeat(session, prepared)
+            return repeat or (await service.store_referrals(session, [prepared]))[0]
+
+
 async def _submit(request: web.Request, principal: Principal, compact: str) -> service.Submission:
-    return await _once_more_on_race(
-        request,
-        lambda session, look_for_repeat: service.submit_referral(
-            session,
-            principal=principal,
-            compact=compact,
-            received_at=utcnow(),
-            receipts=request.app[receipt_signer_key],
-            request_id=request_id(request),
-            look_for_repeat=look_for_repeat,
-        ),
+    """Verify and prepare a referral outside any transaction, then store it with the next group."""
+    prepared = await service.prepare_referral(
+        request.app[sessionmaker_key],
+        principal=principal,
+        compact=compact,
+        received_at=utcnow(),
+        receipts=request.app[receipt_signer_key],
+        request_id=request_id(request),
     )
+    return await request.app[submissions_key].submit(prepared)
 
 
 @routes.post("/v1/referrals")

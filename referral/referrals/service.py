@@ -9,25 +9,17 @@ from datetime import datetime
 from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import Integer, String, Table, and_, any_, bindparam, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, and_, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from referral.audit.service import (
-    append_entries,
-    append_entry,
-    entry_values,
-    new_entry,
-    queued_entry_cte,
-    write_entry,
-)
+from referral.audit.service import append_entries, append_entry, new_entry_row, write_entry_rows
 from referral.auth.principal import PartyKind, Principal
 from referral.core import errors
 from referral.core.ids import new_id
 from referral.core.timeutil import isoformat, isoformat_or_none
 from referral.feed.outbox import emit
-from referral.parties.keys import signing_key
-from referral.parties.service import party_kind
+from referral.parties.keys import cached_signing_key, signing_key
+from referral.parties.service import cached_party_kind, party_kind
 from referral.referrals import events, lifecycle
 from referral.referrals.documents import (
     DocumentType,
@@ -46,6 +38,7 @@ from referral.referrals.signed import (
     UnverifiedDocument,
     parse_compact,
 )
+from referral.referrals.views import ReferralView
 
 _referrals = cast(Table, Referral.__table__)
 _items = cast(Table, ReferralItem.__table__)
@@ -59,81 +52,6 @@ _INSERT_LINKS = insert(_links)
 _INSERT_STATUS = insert(_statuses)
 _OPEN_STATUSES = [status.value for status in lifecycle.OPEN_STATUSES]
 
-
-def _overlap_query(*, by_url: bool, by_hash: bool) -> Any:
-    matches = []
-    if by_url:
-        matches.append(ReferralItem.url.in_(bindparam("urls", expanding=True)))
-    if by_hash:
-        matches.append(ReferralItem.content_sha256.in_(bindparam("hashes", expanding=True)))
-    return (
-        select(ReferralItem.referral_id, Referral.issuer_id)
-        .join(Referral, Referral.id == ReferralItem.referral_id)
-        .where(
-            ReferralItem.addressee_id == bindparam("addressee"),
-            ReferralItem.referral_id != bindparam("referral_id"),
-            or_(*matches),
-            Referral.status.in_(_OPEN_STATUSES),
-        )
-        .distinct()
-    )
-
-
-_OVERLAP_QUERIES = {
-    (by_url, by_hash): _overlap_query(by_url=by_url, by_hash=by_hash)
-    for by_url, by_hash in ((True, False), (False, True), (True, True))
-}
-
-
-def _postgres_submission() -> Any:
-    """PostgreSQL: a new referral in one statement (one round trip instead of five).
-
-    Data-modifying CTEs insert the audit entry and queue it for the sequencer, the referral and its items;
-    the statement's own SELECT is the de-confliction look-up, which sees the database as it was before the
-    statement (so never the new referral itself). Parameters: the referral's columns by name, the entry's
-    prefixed ``entry_``, the items as arrays ``item_*``, and the de-confliction keys ``urls`` / ``hashes``.
-    """
-    appended, queued = queued_entry_cte(prefix="entry_")
-    stored = insert(_referrals).values({column.name: bindparam(column.name) for column in _referrals.columns})
-    item = (
-        func.unnest(
-            bindparam("item_position", type_=postgresql.ARRAY(Integer)),
-            bindparam("item_url", type_=postgresql.ARRAY(String)),
-            bindparam("item_account", type_=postgresql.ARRAY(String)),
-            bindparam("item_content_sha256", type_=postgresql.ARRAY(String)),
-        )
-        .table_valued("position", "url", "account", "content_sha256")
-        .render_derived()
-        .alias("item")
-    )
-    items = insert(_items).from_select(
-        ["referral_id", "position", "addressee_id", "url", "account", "content_sha256"],
-        select(
-            bindparam("id", type_=String),
-            item.c.position,
-            bindparam("addressee_id", type_=String),
-            item.c.url,
-            item.c.account,
-            item.c.content_sha256,
-        ),
-    )
-    return (
-        select(ReferralItem.referral_id, Referral.issuer_id)
-        .join(Referral, Referral.id == ReferralItem.referral_id)
-        .where(
-            ReferralItem.addressee_id == bindparam("addressee_id"),
-            or_(
-                ReferralItem.url == any_(bindparam("urls", type_=postgresql.ARRAY(String))),
-                ReferralItem.content_sha256 == any_(bindparam("hashes", type_=postgresql.ARRAY(String))),
-            ),
-            Referral.status.in_(_OPEN_STATUSES),
-        )
-        .distinct()
-        .add_cte(appended, queued, stored.cte("stored"), items.cte("items"))
-    )
-
-
-_POSTGRES_SUBMISSION = _postgres_submission()
 
 DECIDED_STATUSES = frozenset({Status.ACTION_TAKEN, Status.PARTIALLY_ACTIONED, Status.NO_ACTION})
 MAX_PAGE_SIZE = 200
@@ -157,26 +75,84 @@ def validation_problem(exc: ValidationError, what: str) -> errors.ValidationFail
     )
 
 
+@dataclass(frozen=True, slots=True)
+class NewReferral:
+    """A referral just written, with the columns it was written with (no ORM object on the hot path)."""
+
+    id: str
+    type: str
+    issuer_id: str
+    addressee_id: str
+    jti: str
+    kid: str
+    jws: str
+    jws_sha256: str
+    document: dict[str, Any]
+    category: str
+    item_count: int
+    status: str
+    received_at: datetime
+    deadline: datetime | None
+    delivered_at: datetime | None
+    acknowledged_at: datetime | None
+    decided_at: datetime | None
+    closed_at: datetime | None
+    preserved_until: datetime | None
+    overdue_notified_at: datetime | None
+    expiry_warned_until: datetime | None
+    updated_at: datetime
+    audit_entry_id: str
+    receipt: str
+
+
 @dataclass(frozen=True)
 class Submission:
     """A stored referral and whether this request created it (False for an idempotent repeat)."""
 
-    referral: Referral
+    referral: ReferralView
     created: bool
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedReferral:
+    """A verified and validated referral with everything storing it writes (ids, rows, the signed receipt),
+    built before any transaction so that storing it is database work only."""
+
+    principal: Principal
+    unverified: UnverifiedDocument
+    document: ReferralDocument
+    entry: dict[str, Any]
+    values: dict[str, Any]
+    urls: frozenset[str]
+    hashes: frozenset[str]
+
+    @property
+    def referral_id(self) -> str:
+        """The id the referral will have."""
+        return str(self.values["id"])
+
+
+class _NotCached(Exception):
+    """A signing key or party that preparing a document needs is not cached: prepare it with a session."""
+
+
 async def _verified(
-    session: AsyncSession, *, document: UnverifiedDocument, principal: Principal, at: datetime
+    session: AsyncSession | None, *, document: UnverifiedDocument, principal: Principal, at: datetime
 ) -> None:
     issuer = document.claims.get("iss")
     if issuer != principal.party_id:
         raise errors.Forbidden("the document's iss must be the calling party's id")
-    key = await signing_key(session, party_id=principal.party_id, kid=document.kid, at=at)
+    if session is None:
+        key = cached_signing_key(party_id=principal.party_id, kid=document.kid, at=at)
+        if key is None:
+            raise _NotCached
+    else:
+        key = await signing_key(session, party_id=principal.party_id, kid=document.kid, at=at)
     key.check_document(document.compact, alg=document.alg, kid=document.kid)
 
 
 async def _parse_referral(
-    session: AsyncSession, *, principal: Principal, compact: str, received_at: datetime
+    session: AsyncSession | None, *, principal: Principal, compact: str, received_at: datetime
 ) -> tuple[UnverifiedDocument, ReferralDocument]:
     """Parse, verify against the issuer's key, and validate a signed referral."""
     unverified = parse_compact(compact, typ=REFERRAL_TYP)
@@ -193,8 +169,14 @@ def _repeat_of(existing: Referral, unverified: UnverifiedDocument, jti: str) -> 
     return Submission(existing, created=False)
 
 
-async def _require_provider(session: AsyncSession, addressee_id: str) -> None:
-    if await party_kind(session, party_id=addressee_id) != PartyKind.PROVIDER:
+async def _require_provider(session: AsyncSession | None, addressee_id: str) -> None:
+    if session is None:
+        kind = cached_party_kind(addressee_id)
+        if kind is None:
+            raise _NotCached
+    else:
+        kind = await party_kind(session, party_id=addressee_id)
+    if kind != PartyKind.PROVIDER:
         raise errors.ValidationFailed(
             "the addressee is not a registered provider",
             errors=[
@@ -252,53 +234,75 @@ def _referral_values(
     }
 
 
-def _item_rows(referral_id: str, document: ReferralDocument) -> list[dict[str, Any]]:
+def _item_rows(prepared: PreparedReferral) -> list[dict[str, Any]]:
     return [
         {
-            "referral_id": referral_id,
+            "referral_id": prepared.referral_id,
             "position": position,
-            "addressee_id": document.addressee,
+            "addressee_id": prepared.document.addressee,
             "url": item.url,
             "account": item.account,
             "content_sha256": item.content_sha256,
         }
-        for position, item in enumerate(document.items)
+        for position, item in enumerate(prepared.document.items)
     ]
 
 
-async def submit_referral(
-    session: AsyncSession,
+async def prepare_referral(
+    sessionmaker: async_sessionmaker[AsyncSession],
     *,
     principal: Principal,
     compact: str,
     received_at: datetime,
     receipts: ReceiptSigner,
     request_id: str,
-    look_for_repeat: bool = True,
-) -> Submission:
-    """Verify a signed referral, store it verbatim with its items, audit it, and sign its receipt.
+) -> PreparedReferral:
+    """Verify a signed referral against its issuer's key, validate it, and build its rows and receipt.
 
-    With ``look_for_repeat=False`` the look-up of an earlier document with the same ``jti`` is left to the
-    unique constraint: a repeat then fails the INSERT with an ``IntegrityError``, and the caller runs the use
-    case once more with the look-up (see ``routes._once_more_on_race``). One round trip less per submission.
+    Nothing is written, so this runs before the transaction that stores it (``store_referrals``). The
+    issuer's key and the addressee's kind usually come from the caches; only when one is not cached is a
+    session opened to load it (creating a session costs more than the rest of the preparation).
     """
+    try:
+        return await _prepare(
+            None,
+            principal=principal,
+            compact=compact,
+            received_at=received_at,
+            receipts=receipts,
+            request_id=request_id,
+        )
+    except _NotCached:
+        async with sessionmaker() as session:
+            return await _prepare(
+                session,
+                principal=principal,
+                compact=compact,
+                received_at=received_at,
+                receipts=receipts,
+                request_id=request_id,
+            )
+
+
+async def _prepare(
+    session: AsyncSession | None,
+    *,
+    principal: Principal,
+    compact: str,
+    received_at: datetime,
+    receipts: ReceiptSigner,
+    request_id: str,
+) -> PreparedReferral:
+    """``prepare_referral`` with the session to load keys and parties with (``None``: from the caches only,
+    raising ``_NotCached`` when one is missing)."""
     if principal.party_kind is not PartyKind.AUTHORITY:
         raise errors.Forbidden("only authorities submit referrals")
     unverified, document = await _parse_referral(
         session, principal=principal, compact=compact, received_at=received_at
     )
-    if look_for_repeat:
-        existing = (
-            await session.execute(
-                select(Referral).where(Referral.issuer_id == principal.party_id, Referral.jti == document.jti)
-            )
-        ).scalar_one_or_none()
-        if existing is not None:
-            return _repeat_of(existing, unverified, document.jti)
     await _require_provider(session, document.addressee)
-
     referral_id = new_id()
-    entry = new_entry(
+    entry = new_entry_row(
         action="referral.submitted",
         subject_type="referral",
         subject_id=referral_id,
@@ -314,47 +318,57 @@ async def submit_referral(
         unverified=unverified,
         document=document,
         received_at=received_at,
-        entry_id=entry.id,
+        entry_id=entry["id"],
         receipts=receipts,
     )
-    if session.get_bind().dialect.name == "postgresql":
-        items = document.items
-        found = await session.execute(
-            _POSTGRES_SUBMISSION,
-            {
-                **values,
-                **entry_values(entry, prefix="entry_"),
-                "item_position": list(range(len(items))),
-                "item_url": [item.url for item in items],
-                "item_account": [item.account for item in items],
-                "item_content_sha256": [item.content_sha256 for item in items],
-                "urls": sorted({item.url for item in items if item.url}),
-                "hashes": sorted({item.content_sha256 for item in items if item.content_sha256}),
-            },
+    return PreparedReferral(
+        principal=principal,
+        unverified=unverified,
+        document=document,
+        entry=entry,
+        values=values,
+        urls=frozenset(item.url for item in document.items if item.url),
+        hashes=frozenset(item.content_sha256 for item in document.items if item.content_sha256),
+    )
+
+
+async def find_repeat(session: AsyncSession, prepared: PreparedReferral) -> Submission | None:
+    """The earlier referral with the same issuer and ``jti`` as an idempotent repeat, ``DocumentConflict``
+    when it was another document, or ``None`` when there is none."""
+    existing = (
+        await session.execute(
+            select(Referral).where(
+                Referral.issuer_id == prepared.principal.party_id, Referral.jti == prepared.document.jti
+            )
         )
-        related = sorted((str(other), str(issuer)) for other, issuer in found)
-        await _insert_links(session, referral_id, related, at=received_at)
-    else:
-        await write_entry(session, entry)
-        await session.execute(_INSERT_REFERRAL, values)
-        await session.execute(_INSERT_ITEMS, _item_rows(referral_id, document))
-        related = await _link_overlapping(session, referral_id=referral_id, document=document, at=received_at)
-    referral = Referral(**values)
-    emit(session, events.submitted(referral, received_at))
-    emit(session, events.related(referral, related, received_at))
-    return Submission(referral, created=True)
+    ).scalar_one_or_none()
+    return None if existing is None else _repeat_of(existing, prepared.unverified, prepared.document.jti)
 
 
-@dataclass
-class _Accepted:
-    """A batch document that will be stored: its place in the batch and what it needs."""
-
-    index: int
-    unverified: UnverifiedDocument
-    document: ReferralDocument
-    referral_id: str = ""
-    urls: frozenset[str] = frozenset()
-    hashes: frozenset[str] = frozenset()
+async def submit_referral(
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    compact: str,
+    received_at: datetime,
+    receipts: ReceiptSigner,
+    request_id: str,
+) -> Submission:
+    """Verify a signed referral, store it verbatim with its items, audit it, and sign its receipt; a
+    repeated ``jti`` answers the earlier referral (or ``DocumentConflict``)."""
+    prepared = await _prepare(
+        session,
+        principal=principal,
+        compact=compact,
+        received_at=received_at,
+        receipts=receipts,
+        request_id=request_id,
+    )
+    repeat = await find_repeat(session, prepared)
+    if repeat is not None:
+        return repeat
+    (submission,) = await store_referrals(session, [prepared])
+    return submission
 
 
 async def submit_referrals(
@@ -376,32 +390,29 @@ async def submit_referrals(
     if principal.party_kind is not PartyKind.AUTHORITY:
         raise errors.Forbidden("only authorities submit referrals")
     outcomes: list[Submission | errors.Problem | None] = [None] * len(compacts)
-    parsed: list[_Accepted] = []
+    parsed: list[tuple[int, PreparedReferral]] = []
     for index, compact in enumerate(compacts):
         try:
-            unverified, document = await _parse_referral(
-                session, principal=principal, compact=compact, received_at=received_at
+            prepared = await _prepare(
+                session,
+                principal=principal,
+                compact=compact,
+                received_at=received_at,
+                receipts=receipts,
+                request_id=request_id,
             )
-            await _require_provider(session, document.addressee)
         except errors.Problem as problem:
             outcomes[index] = problem
             continue
-        parsed.append(_Accepted(index, unverified, document))
+        parsed.append((index, prepared))
     new = await _new_in_batch(session, principal=principal, parsed=parsed, outcomes=outcomes)
-    referrals = await _store_batch(
-        session,
-        principal=principal,
-        new=new,
-        received_at=received_at,
-        receipts=receipts,
-        request_id=request_id,
-    )
-    created = {referral.jti: referral for referral in referrals}
-    for accepted, referral in zip(new, referrals, strict=True):
-        outcomes[accepted.index] = Submission(referral, created=True)
-    for accepted in parsed:
-        if outcomes[accepted.index] is None:  # a repeat of an earlier document of the same batch
-            outcomes[accepted.index] = Submission(created[accepted.document.jti], created=False)
+    stored = await store_referrals(session, [prepared for _index, prepared in new])
+    created = {submission.referral.jti: submission.referral for submission in stored}
+    for (index, _prepared), submission in zip(new, stored, strict=True):
+        outcomes[index] = submission
+    for index, prepared in parsed:
+        if outcomes[index] is None:  # a repeat of an earlier document of the same batch
+            outcomes[index] = Submission(created[prepared.document.jti], created=False)
     return [outcome for outcome in outcomes if outcome is not None]
 
 
@@ -409,112 +420,78 @@ async def _new_in_batch(
     session: AsyncSession,
     *,
     principal: Principal,
-    parsed: list[_Accepted],
+    parsed: list[tuple[int, PreparedReferral]],
     outcomes: list[Submission | errors.Problem | None],
-) -> list[_Accepted]:
+) -> list[tuple[int, PreparedReferral]]:
     """The documents to store; repeats of stored documents and conflicts go into ``outcomes``."""
-    jtis = sorted({accepted.document.jti for accepted in parsed})
+    jtis = sorted({prepared.document.jti for _index, prepared in parsed})
     earlier: dict[str, Referral] = {}
     if jtis:
         query = select(Referral).where(Referral.issuer_id == principal.party_id, Referral.jti.in_(jtis))
         earlier = {referral.jti: referral for referral in (await session.execute(query)).scalars()}
-    new: list[_Accepted] = []
-    in_batch: dict[str, _Accepted] = {}
-    for accepted in parsed:
-        jti = accepted.document.jti
+    new: list[tuple[int, PreparedReferral]] = []
+    in_batch: dict[str, PreparedReferral] = {}
+    for index, prepared in parsed:
+        jti = prepared.document.jti
         try:
             if jti in earlier:
-                outcomes[accepted.index] = _repeat_of(earlier[jti], accepted.unverified, jti)
+                outcomes[index] = _repeat_of(earlier[jti], prepared.unverified, jti)
                 continue
             if jti in in_batch:
-                if in_batch[jti].unverified.sha256 != accepted.unverified.sha256:
+                if in_batch[jti].unverified.sha256 != prepared.unverified.sha256:
                     raise DocumentConflict(f"jti {jti!r} was already used for another document")
                 continue
         except errors.Problem as problem:
-            outcomes[accepted.index] = problem
+            outcomes[index] = problem
             continue
-        accepted.referral_id = new_id()
-        accepted.urls = frozenset(item.url for item in accepted.document.items if item.url)
-        accepted.hashes = frozenset(
-            item.content_sha256 for item in accepted.document.items if item.content_sha256
-        )
-        in_batch[jti] = accepted
-        new.append(accepted)
+        in_batch[jti] = prepared
+        new.append((index, prepared))
     return new
 
 
-async def _store_batch(
-    session: AsyncSession,
-    *,
-    principal: Principal,
-    new: list[_Accepted],
-    received_at: datetime,
-    receipts: ReceiptSigner,
-    request_id: str,
-) -> list[Referral]:
-    """Audit entries, referrals, items, links and events of new batch documents, a statement per table."""
-    if not new:
+async def store_referrals(session: AsyncSession, prepared: Sequence[PreparedReferral]) -> list[Submission]:
+    """Write prepared referrals (of any issuers) with their items, audit entries, de-confliction links and
+    events, a statement per table for all of them, in the caller's transaction.
+
+    Nothing looks for repeats here: a ``jti`` stored before fails the INSERT with an ``IntegrityError`` (use
+    ``find_repeat`` first where one is expected). Documents are linked as if stored one after the other.
+    """
+    if not prepared:
         return []
-    entries = await append_entries(
-        session,
-        [
-            {
-                "action": "referral.submitted",
-                "subject_type": "referral",
-                "subject_id": accepted.referral_id,
-                "actor_party": principal.party_id,
-                "actor_client": principal.client_id,
-                "request_id": request_id,
-                "digest": accepted.unverified.sha256,
-                "visible_to": [principal.party_id, accepted.document.addressee],
-            }
-            for accepted in new
-        ],
-    )
-    rows = [
-        _referral_values(
-            referral_id=accepted.referral_id,
-            principal=principal,
-            unverified=accepted.unverified,
-            document=accepted.document,
-            received_at=received_at,
-            entry_id=entry.id,
-            receipts=receipts,
-        )
-        for accepted, entry in zip(new, entries, strict=True)
-    ]
-    related_by_id = await _link_overlapping_many(session, new)
-    await session.execute(_INSERT_REFERRAL, rows)
-    await session.execute(
-        _INSERT_ITEMS,
-        [row for accepted in new for row in _item_rows(accepted.referral_id, accepted.document)],
-    )
+    related_by_id = await _link_overlapping_many(session, prepared)
+    await write_entry_rows(session, [one.entry for one in prepared])
+    await session.execute(_INSERT_REFERRAL, [one.values for one in prepared])
+    await session.execute(_INSERT_ITEMS, [row for one in prepared for row in _item_rows(one)])
     links = [
         link
-        for accepted in new
-        for other, _issuer in related_by_id[accepted.referral_id]
+        for one in prepared
+        for other, _issuer in related_by_id[one.referral_id]
         for link in (
-            {"referral_id": accepted.referral_id, "related_id": other, "created_at": received_at},
-            {"referral_id": other, "related_id": accepted.referral_id, "created_at": received_at},
+            {"referral_id": one.referral_id, "related_id": other, "created_at": one.values["received_at"]},
+            {"referral_id": other, "related_id": one.referral_id, "created_at": one.values["received_at"]},
         )
     ]
     if links:
         await session.execute(_INSERT_LINKS, links)
-    referrals = [Referral(**values) for values in rows]
-    for referral in referrals:
+    stored = []
+    for one in prepared:
+        referral = NewReferral(**one.values)
+        received_at = one.values["received_at"]
         emit(session, events.submitted(referral, received_at))
         emit(session, events.related(referral, related_by_id[referral.id], received_at))
-    return referrals
+        stored.append(Submission(referral, created=True))
+    return stored
 
 
 async def _link_overlapping_many(
-    session: AsyncSession, batch: Sequence[_Accepted]
+    session: AsyncSession, batch: Sequence[PreparedReferral]
 ) -> dict[str, list[tuple[str, str]]]:
-    """``_link_overlapping`` for a batch: one query for the stored referrals, and earlier documents of the
-    same batch in memory (as if they had been submitted one after the other); ``(id, issuer_id)`` pairs."""
-    urls = sorted({url for accepted in batch for url in accepted.urls})
-    hashes = sorted({digest for accepted in batch for digest in accepted.hashes})
-    addressees = sorted({accepted.document.addressee for accepted in batch})
+    """De-confliction: the open referrals to the same provider that cover the same URL or content hash as
+    each new one, as ``(id, issuer_id)`` pairs: one query for the stored referrals, and earlier documents of
+    the same batch in memory (as if they had been submitted one after the other)."""
+    urls = sorted({url for prepared in batch for url in prepared.urls})
+    hashes = sorted({digest for prepared in batch for digest in prepared.hashes})
+    addressees = sorted({prepared.document.addressee for prepared in batch})
     stored: list[tuple[str, str, str, str | None, str | None]] = []
     if urls or hashes:
         matches = []
@@ -541,59 +518,25 @@ async def _link_overlapping_many(
             )
         ]
     related: dict[str, list[tuple[str, str]]] = {}
-    for position, accepted in enumerate(batch):
+    for position, prepared in enumerate(batch):
+        addressee = prepared.document.addressee
         found: set[tuple[str, str]] = {
             (referral_id, issuer_id)
             for referral_id, issuer_id, addressee_id, url, digest in stored
-            if addressee_id == accepted.document.addressee
+            if addressee_id == addressee
             and (
-                (url is not None and url in accepted.urls)
-                or (digest is not None and digest in accepted.hashes)
+                (url is not None and url in prepared.urls)
+                or (digest is not None and digest in prepared.hashes)
             )
         }
         found.update(
-            (other.referral_id, other.document.iss)
+            (other.referral_id, other.principal.party_id)
             for other in batch[:position]
-            if other.document.addressee == accepted.document.addressee
-            and (other.urls & accepted.urls or other.hashes & accepted.hashes)
+            if other.document.addressee == addressee
+            and (other.urls & prepared.urls or other.hashes & prepared.hashes)
         )
-        related[accepted.referral_id] = sorted(found)
+        related[prepared.referral_id] = sorted(found)
     return related
-
-
-async def _link_overlapping(
-    session: AsyncSession, *, referral_id: str, document: ReferralDocument, at: datetime
-) -> list[tuple[str, str]]:
-    """De-confliction: link open referrals to the same provider that cover the same URL or content hash;
-    returns the ``(id, issuer_id)`` of each."""
-    urls = sorted({item.url for item in document.items if item.url})
-    hashes = sorted({item.content_sha256 for item in document.items if item.content_sha256})
-    if not urls and not hashes:
-        return []
-    params: dict[str, Any] = {"addressee": document.addressee, "referral_id": referral_id}
-    if urls:
-        params["urls"] = urls
-    if hashes:
-        params["hashes"] = hashes
-    query = _OVERLAP_QUERIES[(bool(urls), bool(hashes))]
-    related = [(str(other), str(issuer)) for other, issuer in await session.execute(query, params)]
-    await _insert_links(session, referral_id, related, at=at)
-    return related
-
-
-async def _insert_links(
-    session: AsyncSession, referral_id: str, related: list[tuple[str, str]], *, at: datetime
-) -> None:
-    rows = [
-        link
-        for other, _issuer in related
-        for link in (
-            {"referral_id": referral_id, "related_id": other, "created_at": at},
-            {"referral_id": other, "related_id": referral_id, "created_at": at},
-        )
-    ]
-    if rows:
-        await session.execute(_INSERT_LINKS, rows)
 
 
 def _visible(referral: Referral, principal: Principal) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from referral.core.timeutil import isoformat, isoformat_or_none
 from referral.referrals import lifecycle
@@ -12,7 +12,50 @@ from referral.referrals.documents import Status
 from referral.referrals.models import Referral, ReferralStatus
 
 
-def is_overdue(referral: Referral, now: datetime) -> bool:
+class ReferralView(Protocol):
+    """What showing a referral reads: a stored ``Referral`` or one just written (``service.NewReferral``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def issuer_id(self) -> str: ...
+    @property
+    def addressee_id(self) -> str: ...
+    @property
+    def jti(self) -> str: ...
+    @property
+    def jws(self) -> str: ...
+    @property
+    def document(self) -> dict[str, Any]: ...
+    @property
+    def category(self) -> str: ...
+    @property
+    def item_count(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def received_at(self) -> datetime: ...
+    @property
+    def deadline(self) -> datetime | None: ...
+    @property
+    def delivered_at(self) -> datetime | None: ...
+    @property
+    def acknowledged_at(self) -> datetime | None: ...
+    @property
+    def decided_at(self) -> datetime | None: ...
+    @property
+    def closed_at(self) -> datetime | None: ...
+    @property
+    def preserved_until(self) -> datetime | None: ...
+    @property
+    def audit_entry_id(self) -> str: ...
+    @property
+    def receipt(self) -> str: ...
+
+
+def is_overdue(referral: ReferralView, now: datetime) -> bool:
     """Whether the referral's deadline has passed without a decision."""
     return (
         referral.deadline is not None
@@ -22,12 +65,12 @@ def is_overdue(referral: Referral, now: datetime) -> bool:
     )
 
 
-def summaries(referrals: Sequence[Referral], now: datetime) -> list[dict[str, Any]]:
+def summaries(referrals: Sequence[ReferralView], now: datetime) -> list[dict[str, Any]]:
     """List rows: what a case list needs, without the content of the items."""
     return [summary(referral, now) for referral in referrals]
 
 
-def summary(referral: Referral, now: datetime) -> dict[str, Any]:
+def summary(referral: ReferralView, now: datetime) -> dict[str, Any]:
     """One referral's fields without its content."""
     return {
         "id": referral.id,
