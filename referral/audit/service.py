@@ -10,6 +10,7 @@ from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referral.audit.models import AuditEntry, AuditLeaf, AuditPending
+from referral.core.bulk import unnest_insert, unnest_parameters
 from referral.core.ids import new_id
 from referral.core.timeutil import isoformat, utcnow
 
@@ -97,6 +98,22 @@ def new_entry(
 def entry_values(entry: AuditEntry, *, prefix: str = "") -> dict[str, Any]:
     """The entry's column values, as bound parameters named ``prefix + column``."""
     return {prefix + name: getattr(entry, name) for name in ENTRY_COLUMNS}
+
+
+def queued_entries_ctes(*, prefix: str) -> str:
+    """PostgreSQL: the CTEs ``{prefix}appended`` and ``{prefix}queued`` that write entries and queue them
+    for the sequencer, for statements that write entries together with the change they record (parameters
+    from ``queued_entries_parameters``)."""
+    appended = f"{prefix}appended"
+    return (
+        f"{appended} AS ({unnest_insert(_entries, prefix=prefix)} RETURNING id), "  # noqa: S608 - names only
+        f"{prefix}queued AS (INSERT INTO {_pending.name} (entry_id) SELECT id FROM {appended})"
+    )
+
+
+def queued_entries_parameters(rows: Sequence[dict[str, Any]], *, prefix: str) -> dict[str, list[Any]]:
+    """The parameters of ``queued_entries_ctes`` for entries made by ``new_entry_row``."""
+    return unnest_parameters(_entries, rows, prefix=prefix)
 
 
 async def append_entry(

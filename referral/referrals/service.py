@@ -9,12 +9,20 @@ from datetime import datetime
 from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import Table, and_, insert, or_, select, update
+from sqlalchemy import Table, and_, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from referral.audit.service import append_entries, append_entry, new_entry_row, write_entry_rows
+from referral.audit.service import (
+    append_entries,
+    append_entry,
+    new_entry_row,
+    queued_entries_ctes,
+    queued_entries_parameters,
+    write_entry_rows,
+)
 from referral.auth.principal import PartyKind, Principal
 from referral.core import errors
+from referral.core.bulk import unnest_insert, unnest_parameters
 from referral.core.ids import new_id
 from referral.core.timeutil import isoformat, isoformat_or_none
 from referral.feed.outbox import emit
@@ -51,6 +59,21 @@ _INSERT_ITEMS = insert(_items)
 _INSERT_LINKS = insert(_links)
 _INSERT_STATUS = insert(_statuses)
 _OPEN_STATUSES = [status.value for status in lifecycle.OPEN_STATUSES]
+
+# PostgreSQL: a group of new referrals in one statement. Data-modifying CTEs write the audit entries, queue
+# them for the sequencer, and write the referrals and their items, each table from array parameters; the
+# statement's own SELECT is the de-confliction look-up, which sees the database as it was before the
+# statement, so only referrals stored earlier (those of the same group are matched in memory).
+_POSTGRES_STORE = text(
+    f"WITH {queued_entries_ctes(prefix='entry_')}, "  # noqa: S608 - names only; every value is bound
+    f"stored AS ({unnest_insert(_referrals, prefix='referral_')}), "
+    f"items AS ({unnest_insert(_items, prefix='item_')}) "
+    "SELECT item.referral_id, referral.issuer_id, item.addressee_id, item.url, item.content_sha256 "
+    "FROM referral_items AS item JOIN referrals AS referral ON referral.id = item.referral_id "
+    "WHERE item.addressee_id = ANY(CAST(:addressees AS varchar[])) "
+    "AND (item.url = ANY(CAST(:urls AS varchar[])) OR item.content_sha256 = ANY(CAST(:hashes AS varchar[]))) "
+    "AND referral.status = ANY(CAST(:open_statuses AS varchar[]))"
+)
 
 
 DECIDED_STATUSES = frozenset({Status.ACTION_TAKEN, Status.PARTIALLY_ACTIONED, Status.NO_ACTION})
@@ -458,10 +481,25 @@ async def store_referrals(session: AsyncSession, prepared: Sequence[PreparedRefe
     """
     if not prepared:
         return []
-    related_by_id = await _link_overlapping_many(session, prepared)
-    await write_entry_rows(session, [one.entry for one in prepared])
-    await session.execute(_INSERT_REFERRAL, [one.values for one in prepared])
-    await session.execute(_INSERT_ITEMS, [row for one in prepared for row in _item_rows(one)])
+    items = [row for one in prepared for row in _item_rows(one)]
+    if session.get_bind().dialect.name == "postgresql":
+        found = await session.execute(
+            _POSTGRES_STORE,
+            {
+                **queued_entries_parameters([one.entry for one in prepared], prefix="entry_"),
+                **unnest_parameters(_referrals, [one.values for one in prepared], prefix="referral_"),
+                **unnest_parameters(_items, items, prefix="item_"),
+                **_overlap_keys(prepared),
+                "open_statuses": _OPEN_STATUSES,
+            },
+        )
+        stored_items = [(str(row[0]), str(row[1]), str(row[2]), row[3], row[4]) for row in found]
+    else:
+        stored_items = await _stored_overlaps(session, prepared)
+        await write_entry_rows(session, [one.entry for one in prepared])
+        await session.execute(_INSERT_REFERRAL, [one.values for one in prepared])
+        await session.execute(_INSERT_ITEMS, items)
+    related_by_id = _overlapping(prepared, stored_items)
     links = [
         link
         for one in prepared
@@ -483,40 +521,53 @@ async def store_referrals(session: AsyncSession, prepared: Sequence[PreparedRefe
     return stored
 
 
-async def _link_overlapping_many(
-    session: AsyncSession, batch: Sequence[PreparedReferral]
+def _overlap_keys(batch: Sequence[PreparedReferral]) -> dict[str, list[str]]:
+    """What de-confliction looks for: the addressees, URLs and content hashes of the batch."""
+    return {
+        "addressees": sorted({prepared.document.addressee for prepared in batch}),
+        "urls": sorted({url for prepared in batch for url in prepared.urls}),
+        "hashes": sorted({digest for prepared in batch for digest in prepared.hashes}),
+    }
+
+
+StoredItem = tuple[str, str, str, str | None, str | None]
+"""An item of a stored open referral: ``(referral_id, issuer_id, addressee_id, url, content_sha256)``."""
+
+
+async def _stored_overlaps(session: AsyncSession, batch: Sequence[PreparedReferral]) -> list[StoredItem]:
+    """The items of stored open referrals to the batch's addressees that cover one of its URLs or hashes."""
+    keys = _overlap_keys(batch)
+    matches = []
+    if keys["urls"]:
+        matches.append(ReferralItem.url.in_(keys["urls"]))
+    if keys["hashes"]:
+        matches.append(ReferralItem.content_sha256.in_(keys["hashes"]))
+    if not matches:
+        return []
+    rows = await session.execute(
+        select(
+            ReferralItem.referral_id,
+            Referral.issuer_id,
+            ReferralItem.addressee_id,
+            ReferralItem.url,
+            ReferralItem.content_sha256,
+        )
+        .join(Referral, Referral.id == ReferralItem.referral_id)
+        .where(
+            ReferralItem.addressee_id.in_(keys["addressees"]),
+            or_(*matches),
+            Referral.status.in_(_OPEN_STATUSES),
+        )
+    )
+    return [(str(row[0]), str(row[1]), str(row[2]), row[3], row[4]) for row in rows]
+
+
+def _overlapping(
+    batch: Sequence[PreparedReferral], stored: Sequence[StoredItem]
 ) -> dict[str, list[tuple[str, str]]]:
-    """De-confliction: the open referrals to the same provider that cover the same URL or content hash as
-    each new one, as ``(id, issuer_id)`` pairs: one query for the stored referrals, and earlier documents of
-    the same batch in memory (as if they had been submitted one after the other)."""
-    urls = sorted({url for prepared in batch for url in prepared.urls})
-    hashes = sorted({digest for prepared in batch for digest in prepared.hashes})
-    addressees = sorted({prepared.document.addressee for prepared in batch})
-    stored: list[tuple[str, str, str, str | None, str | None]] = []
-    if urls or hashes:
-        matches = []
-        if urls:
-            matches.append(ReferralItem.url.in_(urls))
-        if hashes:
-            matches.append(ReferralItem.content_sha256.in_(hashes))
-        stored = [
-            (str(row[0]), str(row[1]), str(row[2]), row[3], row[4])
-            for row in await session.execute(
-                select(
-                    ReferralItem.referral_id,
-                    Referral.issuer_id,
-                    ReferralItem.addressee_id,
-                    ReferralItem.url,
-                    ReferralItem.content_sha256,
-                )
-                .join(Referral, Referral.id == ReferralItem.referral_id)
-                .where(
-                    ReferralItem.addressee_id.in_(addressees),
-                    or_(*matches),
-                    Referral.status.in_(_OPEN_STATUSES),
-                )
-            )
-        ]
+    """De-confliction: for each new referral, the open referrals to the same provider that cover one of its
+    URLs or content hashes, as ``(id, issuer_id)`` pairs: those stored before, and earlier documents of the
+    same batch (as if they had been submitted one after the other)."""
     related: dict[str, list[tuple[str, str]]] = {}
     for position, prepared in enumerate(batch):
         addressee = prepared.document.addressee

@@ -1,0 +1,44 @@
+"""PostgreSQL: many rows in one statement, each column as one array parameter (``unnest``).
+
+An ``executemany`` sends one parameter set per row and has every value of every row go through the
+driver's and SQLAlchemy's per-parameter machinery; with arrays the rows of a whole group travel as a few
+parameters, and several tables can be written by one statement (data-modifying CTEs). The SQL is built once
+per table from its columns; only numbered placeholders are formatted in, every value is a bound parameter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import JSON, Table
+from sqlalchemy.dialects import postgresql
+
+_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+def _array_type(column: Any) -> str:
+    return f"{column.type.compile(dialect=_DIALECT)}[]"
+
+
+def unnest_insert(table: Table, *, prefix: str) -> str:
+    """``INSERT INTO table (...) SELECT * FROM unnest(...)`` over every column of ``table``, one array
+    parameter per column named ``prefix + column`` (see ``unnest_parameters``)."""
+    names = ", ".join(column.name for column in table.columns)
+    arrays = ", ".join(f"CAST(:{prefix}{column.name} AS {_array_type(column)})" for column in table.columns)
+    return f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays})"  # noqa: S608 - names only
+
+
+def unnest_parameters(
+    table: Table, rows: Iterable[Mapping[str, Any]], *, prefix: str
+) -> dict[str, list[Any]]:
+    """The array parameters of ``unnest_insert`` for ``rows`` (JSON columns as JSON text)."""
+    rows = list(rows)
+    parameters: dict[str, list[Any]] = {}
+    for column in table.columns:
+        values: Sequence[Any] = [row[column.name] for row in rows]
+        if isinstance(column.type, JSON):
+            values = [None if value is None else json.dumps(value) for value in values]
+        parameters[prefix + column.name] = list(values)
+    return parameters
