@@ -136,6 +136,12 @@ def _write_pending(session: Session) -> None:
     ]
     statement = _advance_statement(dialect, len(parties))
     if dialect == "postgresql":
+        # An event's data is often one dict shared by its recipients (both parties of a case, the signed
+        # document inside): serialise each once.
+        serialised: dict[int, str] = {}
+        for row in rows:
+            if id(row["data"]) not in serialised:
+                serialised[id(row["data"])] = json.dumps(row["data"])
         params.update(
             event_id=[row["id"] for row in rows],
             event_recipient=[row["recipient_id"] for row in rows],
@@ -143,7 +149,7 @@ def _write_pending(session: Session) -> None:
             event_type=[row["type"] for row in rows],
             event_referral=[row["referral_id"] for row in rows],
             event_created_at=[row["created_at"] for row in rows],
-            event_data=[json.dumps(row["data"]) for row in rows],
+            event_data=[serialised[id(row["data"])] for row in rows],
         )
         session.execute(statement, params)
     else:
