@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from datetime import datetime
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,7 +28,32 @@ _entry_cte = _INSERT_ENTRY.returning(_entries.c.id).cte("appended")
 _INSERT_AND_QUEUE_ENTRY = insert(_pending).from_select(["entry_id"], select(_entry_cte.c.id))
 
 
-def entry_document(entry: AuditEntry) -> dict[str, Any]:
+class EntryColumns(Protocol):
+    """The columns of an entry: an ``AuditEntry``, or a row read without the ORM (the sequencer)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def actor_party(self) -> str | None: ...
+    @property
+    def actor_client(self) -> str | None: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def subject_type(self) -> str: ...
+    @property
+    def subject_id(self) -> str: ...
+    @property
+    def request_id(self) -> str | None: ...
+    @property
+    def digest(self) -> str | None: ...
+    @property
+    def visible_to(self) -> list[str]: ...
+
+
+def entry_document(entry: EntryColumns) -> dict[str, Any]:
     """The entry object exactly as served by the API; its RFC 8785 form is the Merkle leaf."""
     return {
         "id": entry.id,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver
 from sqlalchemy import Table, insert, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referral.config import Settings
@@ -39,7 +41,7 @@ from referral.feed.service import event_body
 from referral.referrals.service import deliver_documents
 from referral.webhooks import signing
 from referral.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookSubscription
-from referral.webhooks.service import PING, DeliveryState, disable_subscription
+from referral.webhooks.service import PING, SUBSCRIPTIONS_CHANGED, DeliveryState, disable_subscription
 from referral.webhooks.ssrf import GuardedResolver, UnsafeDestination, check_url
 
 log = structlog.get_logger("referral.webhooks.delivery")
@@ -393,7 +395,7 @@ async def attempt(app: web.Application, claimed: Claimed) -> Outcome:
     try:
         async with app[sessionmaker_key].begin() as session:
             await record(session, claimed, outcome, now=utcnow(), settings=settings)
-    except (OperationalError, DBAPIError, OSError) as exc:
+    except (OperationalError, DBAPIError, PoolTimeoutError, OSError) as exc:
         # Unrecorded, the delivery is sent again when its lease runs out: at least once, never lost.
         log.warning("webhook_record_failed", delivery_id=claimed.delivery_id, error=type(exc).__name__)
         return outcome
@@ -426,6 +428,41 @@ async def webhooks_context(app: web.Application) -> AsyncIterator[None]:
         await guard.close()
 
 
+_ANY_ENABLED = select(WebhookSubscription.id).where(WebhookSubscription.disabled_at.is_(None)).limit(1)
+
+
+class EnabledSubscriptions:
+    """Whether any subscription is enabled: re-read when one is created, and every ``recheck`` seconds.
+
+    Without one, nothing can be fanned out or fall due, and a round would be two transactions for nothing on
+    every commit that wakes the loop. Creating a subscription sets ``changed`` after its commit, in this
+    process directly and in others by NOTIFY; ``recheck`` bounds how long one written some other way (or on
+    SQLite by another process, which no wake-up reaches) goes unseen: as long as polling would have taken.
+    """
+
+    def __init__(self, changed: asyncio.Event, *, recheck: float) -> None:
+        """Read on first use; afterwards when ``changed`` is set or ``recheck`` seconds have passed."""
+        self._changed = changed
+        self._recheck = recheck
+        self._next_read = -math.inf
+        self._exist = True
+
+    async def exist(self, app: web.Application) -> bool:
+        """Whether a round can find work (``True`` also means: could not tell)."""
+        now = time.monotonic()
+        if self._changed.is_set() or now >= self._next_read:
+            # Cleared before the read: a subscription committed while it runs sets it again.
+            self._changed.clear()
+            try:
+                async with app[sessionmaker_key]() as session:
+                    self._exist = (await session.execute(_ANY_ENABLED)).first() is not None
+            except BaseException:
+                self._changed.set()
+                raise
+            self._next_read = now + self._recheck
+        return self._exist
+
+
 async def deliver_round(app: web.Application, *, limit: int) -> list[Claimed]:
     """Fan out new events and claim up to ``limit`` due deliveries."""
     settings = app[settings_key]
@@ -438,16 +475,19 @@ async def deliver_round(app: web.Application, *, limit: int) -> list[Claimed]:
 async def _run(app: web.Application, stopping: asyncio.Event) -> None:
     settings = app[settings_key]
     in_flight: set[asyncio.Task[Outcome]] = set()
+    notifier = app[notifier_key]
     try:
-        with app[notifier_key].listen() as woken:
+        with notifier.listen() as woken, notifier.listen(SUBSCRIPTIONS_CHANGED) as changed:
+            subscriptions = EnabledSubscriptions(changed, recheck=settings.webhook_poll_interval_seconds)
             while not stopping.is_set():
                 woken.clear()
                 free = settings.webhook_concurrency - len(in_flight)
                 claimed: list[Claimed] = []
                 if free > 0:
                     try:
-                        claimed = await deliver_round(app, limit=free)
-                    except (OperationalError, DBAPIError, OSError) as exc:
+                        if await subscriptions.exist(app):
+                            claimed = await deliver_round(app, limit=free)
+                    except (OperationalError, DBAPIError, PoolTimeoutError, OSError) as exc:
                         log.warning("webhook_round_failed", error=type(exc).__name__)
                 for one in claimed:
                     task = asyncio.create_task(attempt(app, one), name=f"webhook-{one.delivery_id}")

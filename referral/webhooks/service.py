@@ -17,13 +17,17 @@ from referral.core import errors
 from referral.core.ids import new_id
 from referral.core.timeutil import isoformat, isoformat_or_none
 from referral.feed.models import EventCursor
-from referral.feed.outbox import EventType
+from referral.feed.notifier import CHANNEL
+from referral.feed.outbox import WAKE_KEY, EventType
 from referral.webhooks import signing
 from referral.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookSubscription
 
 MAX_SUBSCRIPTIONS_PER_PARTY = 20
 MAX_PAGE_SIZE = 200
 PING = "webhook.ping"
+SUBSCRIPTIONS_CHANGED = "webhook.subscriptions"
+"""Wake-up key (where feed wake-ups name a party): a subscription was created, so delivery loops, which skip
+their rounds while none is enabled, look again."""
 
 
 class DeliveryState:
@@ -86,6 +90,13 @@ async def _audit(
     )
 
 
+async def _announce_subscription(session: AsyncSession) -> None:
+    """Once the transaction commits, wake the delivery loop of this process and (by NOTIFY) of every other."""
+    session.info.setdefault(WAKE_KEY, set()).add(SUBSCRIPTIONS_CHANGED)
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(select(func.pg_notify(CHANNEL, SUBSCRIPTIONS_CHANGED)))
+
+
 @dataclass(frozen=True)
 class Created:
     """A new subscription and its secret, which is shown this once."""
@@ -132,6 +143,7 @@ async def create_subscription(
         principal=principal,
         request_id=request_id,
     )
+    await _announce_subscription(session)
     return Created(subscription, subscription.secret)
 
 
