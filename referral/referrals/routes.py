@@ -116,9 +116,9 @@ async def _store_alone(
             return repeat or (await service.store_referrals(session, [prepared]))[0]
 
 
-async def _submit(request: web.Request, principal: Principal, compact: str) -> service.Submission:
-    """Verify and prepare a referral outside any transaction, then store it with the next group."""
-    prepared = await service.prepare_referral(
+async def _prepare(request: web.Request, principal: Principal, compact: str) -> service.PreparedReferral:
+    """Verify and prepare a referral received now, outside any transaction."""
+    return await service.prepare_referral(
         request.app[sessionmaker_key],
         principal=principal,
         compact=compact,
@@ -126,7 +126,6 @@ async def _submit(request: web.Request, principal: Principal, compact: str) -> s
         receipts=request.app[receipt_signer_key],
         request_id=request_id(request),
     )
-    return await request.app[submissions_key].submit(prepared)
 
 
 @routes.post("/v1/referrals")
@@ -134,7 +133,7 @@ async def submit_referral(request: web.Request) -> web.Response:
     """Submit a signed referral, removal order or preservation request."""
     principal = require_scope(request, "referrals:write")
     compact = await _compact_from_body(request)
-    submission = await _submit(request, principal, compact)
+    submission = await request.app[submissions_key].submit(await _prepare(request, principal, compact))
     location = f"/v1/referrals/{submission.referral.id}"
     return json_response(
         _submission_body(submission, utcnow()),
@@ -153,23 +152,27 @@ async def submit_referrals_batch(request: web.Request) -> web.Response:
         raise errors.BadRequest('the body must be {"documents": ["<compact JWS>", ...]}')
     if not 1 <= len(documents) <= MAX_BATCH:
         raise errors.BadRequest(f"a batch holds 1 to {MAX_BATCH} documents")
-    principal_receipts = request.app[receipt_signer_key]
+    service.require_submitter(principal)
+    sessionmaker = request.app[sessionmaker_key]
+    # Verified and prepared before the transaction, which then holds its connection only to write.
+    prepared: list[service.PreparedReferral | errors.Problem] = []
+    for compact in documents:
+        try:
+            prepared.append(await _prepare(request, principal, compact))
+        except errors.Problem as problem:
+            prepared.append(problem)
+    outcomes: list[service.Submission | errors.Problem]
     try:
-        async with request.app[sessionmaker_key].begin() as session:
-            outcomes = await service.submit_referrals(
-                session,
-                principal=principal,
-                compacts=documents,
-                received_at=utcnow(),
-                receipts=principal_receipts,
-                request_id=request_id(request),
-            )
+        async with sessionmaker.begin() as session:
+            outcomes = await service.submit_referrals(session, principal=principal, documents=prepared)
     except IntegrityError:
         # A concurrent request stored one of these jti first: one document (and transaction) at a time.
         outcomes = []
-        for compact in documents:
+        for document in prepared:
             try:
-                outcomes.append(await _submit(request, principal, compact))
+                if isinstance(document, errors.Problem):
+                    raise document
+                outcomes.append(await _store_alone(sessionmaker, document))
             except errors.Problem as problem:
                 outcomes.append(problem)
     now = utcnow()

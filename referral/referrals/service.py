@@ -318,8 +318,7 @@ async def _prepare(
 ) -> PreparedReferral:
     """``prepare_referral`` with the session to load keys and parties with (``None``: from the caches only,
     raising ``_NotCached`` when one is missing)."""
-    if principal.party_kind is not PartyKind.AUTHORITY:
-        raise errors.Forbidden("only authorities submit referrals")
+    require_submitter(principal)
     unverified, document = await _parse_referral(
         session, principal=principal, compact=compact, received_at=received_at
     )
@@ -394,40 +393,34 @@ async def submit_referral(
     return submission
 
 
+def require_submitter(principal: Principal) -> None:
+    """Only authorities submit referrals."""
+    if principal.party_kind is not PartyKind.AUTHORITY:
+        raise errors.Forbidden("only authorities submit referrals")
+
+
 async def submit_referrals(
     session: AsyncSession,
     *,
     principal: Principal,
-    compacts: Sequence[str],
-    received_at: datetime,
-    receipts: ReceiptSigner,
-    request_id: str,
+    documents: Sequence[PreparedReferral | errors.Problem],
 ) -> list[Submission | errors.Problem]:
-    """Submit many documents in one transaction, with a few statements for all of them: each document is
-    accepted (or answered as a repeat) or refused on its own, with the same outcome as ``submit_referral``
-    one after the other, including de-confliction links between documents of the same batch.
+    """Store a batch of prepared documents (or the problems that refused them) in one transaction, with a
+    few statements for all of them: each is accepted, answered as a repeat, or refused on its own, with the
+    same outcome as ``submit_referral`` one after the other, including de-confliction links between
+    documents of the same batch.
 
     A concurrent request that stores one of the same ``jti`` first makes the transaction fail with an
-    ``IntegrityError``; the caller then submits the documents one by one.
+    ``IntegrityError``; the caller then stores the documents one by one.
     """
-    if principal.party_kind is not PartyKind.AUTHORITY:
-        raise errors.Forbidden("only authorities submit referrals")
-    outcomes: list[Submission | errors.Problem | None] = [None] * len(compacts)
-    parsed: list[tuple[int, PreparedReferral]] = []
-    for index, compact in enumerate(compacts):
-        try:
-            prepared = await _prepare(
-                session,
-                principal=principal,
-                compact=compact,
-                received_at=received_at,
-                receipts=receipts,
-                request_id=request_id,
-            )
-        except errors.Problem as problem:
-            outcomes[index] = problem
-            continue
-        parsed.append((index, prepared))
+    outcomes: list[Submission | errors.Problem | None] = [
+        document if isinstance(document, errors.Problem) else None for document in documents
+    ]
+    parsed = [
+        (index, document)
+        for index, document in enumerate(documents)
+        if isinstance(document, PreparedReferral)
+    ]
     new = await _new_in_batch(session, principal=principal, parsed=parsed, outcomes=outcomes)
     stored = await store_referrals(session, [prepared for _index, prepared in new])
     created = {submission.referral.jti: submission.referral for submission in stored}
