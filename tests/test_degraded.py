@@ -1,5 +1,6 @@
 """Degraded mode: while PostgreSQL is unreachable the API answers 503 problem+json quickly (no hanging
-requests, no exhausted pool), readiness says so, and everything recovers by itself when it returns.
+requests, no exhausted pool), readiness says so, and everything recovers by itself when it returns. On SQLite
+a request that cannot get the process's one connection in time answers the same way.
 
 The database "goes down" behind a TCP proxy the test controls, so the shared server keeps running.
 """
@@ -11,10 +12,13 @@ import contextlib
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from referral.app import create_app
 from referral.config import Settings
+from referral.core import db
+from referral.core.appkeys import sessionmaker_key
 from tests.auth.factories import bearer, make_party
 from tests.referrals.test_api import referral_claims, submit
 
@@ -124,3 +128,27 @@ async def test_the_api_answers_503_fast_while_the_database_is_down_and_recovers(
         assert len((await response.json())["referrals"]) == 1, "the refused submission left nothing"
     finally:
         await proxy.close()
+
+
+async def test_on_sqlite_a_request_that_waits_too_long_for_the_connection_answers_503(
+    backend: str, settings: Settings, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("only SQLite has one connection per process")
+    monkeypatch.setattr(db, "SQLITE_QUEUE_TIMEOUT_SECONDS", 0.5)
+    client = await aiohttp_client(create_app(settings.model_copy(update={"run_background_tasks": False})))
+    operator = await make_party(client, kind="operator")
+    headers = await bearer(client, operator)
+    app = client.server.app
+    assert app is not None
+    async with app[sessionmaker_key]() as stuck:  # something holds the process's one connection
+        await stuck.execute(select(1))
+        async with asyncio.timeout(10):
+            answer = await client.get("/v1/parties", headers=headers)
+            ready = await client.get("/readyz")
+    assert answer.status == 503
+    assert answer.content_type == "application/problem+json"
+    assert (await answer.json())["type"].endswith("/service-unavailable")
+    assert answer.headers["Retry-After"]
+    assert ready.status == 503
+    assert (await client.get("/v1/parties", headers=headers)).status == 200

@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referral.audit.service import append_entry
@@ -142,7 +143,7 @@ async def _run(app: web.Application, stopping: asyncio.Event) -> None:
             done = await tick(app)
             if any(done.values()):
                 log.info("referral_clock_ticked", **done)
-        except (OperationalError, DBAPIError, OSError) as exc:
+        except (OperationalError, DBAPIError, PoolTimeoutError, OSError) as exc:
             log.warning("referral_clock_failed", error=type(exc).__name__)
         await pause(stopping, interval)
 
