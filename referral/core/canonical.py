@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from decimal import Decimal
@@ -25,11 +26,47 @@ _ESCAPE_TABLE: dict[int, str] = {code: _ESCAPES.get(code, f"\\u{code:04x}") for 
 _ESCAPE_TABLE.update(_ESCAPES)
 
 
+# For a value made only of dicts with ASCII keys, lists, tuples, str, bool, None and ints within
+# ±MAX_SAFE_INTEGER (see _is_plain), the C encoder writes the canonical form: its string escapes are the ones
+# above (lower-case \u00xx, U+007F and U+2028 as themselves), its integers are str(int), and for ASCII names
+# code point order is UTF-16 code unit order. Receipts and audit entries are all such values.
+_PLAIN_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, check_circular=False, allow_nan=False, sort_keys=True, separators=(",", ":")
+)
+# Deeper values take the general path, which is also where a reference cycle is found (a cycle is deeper
+# than any bound), so the C encoder needs no cycle check of its own.
+_PLAIN_DEPTH = 32
+
+
 def canonical_json(value: Any) -> bytes:
     """The RFC 8785 canonical UTF-8 serialisation of a JSON-shaped Python value."""
+    if _is_plain(value, 0):
+        try:
+            return _PLAIN_ENCODER.encode(value).encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: the general path refuses it with the error it always gave
     parts: list[str] = []
     _write(value, parts, set())
     return "".join(parts).encode("utf-8")
+
+
+def _is_plain(value: Any, depth: int) -> bool:
+    """Whether ``value`` holds only what ``_PLAIN_ENCODER`` writes canonically, within ``_PLAIN_DEPTH``."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        safe: bool = -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+        return safe
+    if depth >= _PLAIN_DEPTH:
+        return False
+    if kind is dict:
+        return all(type(key) is str and key.isascii() for key in value) and all(
+            type(item) is str or _is_plain(item, depth + 1) for item in value.values()
+        )
+    if kind is list or kind is tuple:
+        return all(type(item) is str or _is_plain(item, depth + 1) for item in value)
+    return False
 
 
 def _write(value: Any, parts: list[str], open_containers: set[int]) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
+import sys
 from collections import OrderedDict
-from enum import IntEnum
+from collections.abc import Mapping
+from decimal import Decimal
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import pytest
@@ -260,3 +264,268 @@ def check_member_order(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     names = [name.encode("utf-16-be") for name, _ in pairs]
     assert names == sorted(set(names))
     return dict(pairs)
+
+
+# The implementation before its C-encoder fast path, kept verbatim (names prefixed) as the oracle of the
+# equivalence tests below.
+# I-JSON (RFC 7493) numbers are IEEE 754 doubles; an integer beyond this cannot round-trip through one.
+_REFERENCE_MAX_SAFE_INTEGER = 2**53 - 1
+
+# ECMAScript JSON.stringify escapes exactly these; every other character, U+007F and U+2028 included,
+# is written as itself.
+_REFERENCE_ESCAPES = {
+    0x22: '\\"',
+    0x5C: "\\\\",
+    0x08: "\\b",
+    0x09: "\\t",
+    0x0A: "\\n",
+    0x0C: "\\f",
+    0x0D: "\\r",
+}
+_REFERENCE_ESCAPE_TABLE: dict[int, str] = {
+    code: _REFERENCE_ESCAPES.get(code, f"\\u{code:04x}") for code in range(0x20)
+}
+_REFERENCE_ESCAPE_TABLE.update(_REFERENCE_ESCAPES)
+
+
+def reference_canonical_json(value: Any) -> bytes:
+    """``canonical_json`` as it was before its C-encoder fast path: the oracle of the property tests."""
+    parts: list[str] = []
+    _reference_write(value, parts, set())
+    return "".join(parts).encode("utf-8")
+
+
+def _reference_write(value: Any, parts: list[str], open_containers: set[int]) -> None:
+    """Append the canonical text of ``value``; ``open_containers`` catches reference cycles."""
+    # bool before int: bool is an int subclass, and True must not become 1.
+    if value is None:
+        parts.append("null")
+    elif value is True:
+        parts.append("true")
+    elif value is False:
+        parts.append("false")
+    elif isinstance(value, int):
+        parts.append(_reference_integer(value))
+    elif isinstance(value, float):
+        parts.append(_reference_number(value))
+    elif isinstance(value, str):
+        parts.append(_reference_string(value))
+    elif isinstance(value, Mapping):
+        _reference_enter(value, open_containers)
+        _reference_write_object(value, parts, open_containers)
+        open_containers.discard(id(value))
+    elif isinstance(value, list | tuple):
+        _reference_enter(value, open_containers)
+        parts.append("[")
+        for position, item in enumerate(value):
+            if position:
+                parts.append(",")
+            _reference_write(item, parts, open_containers)
+        parts.append("]")
+        open_containers.discard(id(value))
+    else:
+        raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _reference_write_object(value: Mapping[Any, Any], parts: list[str], open_containers: set[int]) -> None:
+    """Append an object with its members sorted by the UTF-16 code units of their names (RFC 8785 §3.2.3)."""
+    members = []
+    for key in value:
+        if not isinstance(key, str):
+            # ValueError like every other refusal here: the mapping exists, it just has no JSON form.
+            raise ValueError(f"JSON object keys must be strings, not {type(key).__name__}")  # noqa: TRY004
+        members.append((_reference_utf16_sort_key(key), key))
+    members.sort()
+    parts.append("{")
+    for position, (_, key) in enumerate(members):
+        if position:
+            parts.append(",")
+        parts.append(_reference_string(key))
+        parts.append(":")
+        _reference_write(value[key], parts, open_containers)
+    parts.append("}")
+
+
+def _reference_enter(container: object, open_containers: set[int]) -> None:
+    """Record that ``container`` is being written, refusing a cycle instead of recursing forever."""
+    if id(container) in open_containers:
+        raise ValueError("circular reference in JSON value")
+    open_containers.add(id(container))
+
+
+def _reference_integer(value: int) -> str:
+    """A Python int as JSON, refused outside the range a double holds exactly."""
+    if not -_REFERENCE_MAX_SAFE_INTEGER <= value <= _REFERENCE_MAX_SAFE_INTEGER:
+        raise ValueError(f"integer {value} is outside ±(2**53-1) and cannot be represented exactly")
+    return str(int(value))
+
+
+def _reference_utf16_sort_key(key: str) -> bytes:
+    """Big-endian UTF-16 bytes compare exactly as the UTF-16 code units RFC 8785 §3.2.3 sorts by."""
+    _reference_check_scalar_values(key)
+    return key.encode("utf-16-be")
+
+
+def _reference_check_scalar_values(text: str) -> None:
+    """Refuse lone surrogates: I-JSON text must be valid Unicode, and UTF-8 cannot carry them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError("string contains a lone surrogate") from error
+
+
+def _reference_string(text: str) -> str:
+    """A JSON string literal escaped as ECMAScript JSON.stringify does (RFC 8785 §3.2.2.2)."""
+    _reference_check_scalar_values(text)
+    return '"' + str(text).translate(_REFERENCE_ESCAPE_TABLE) + '"'
+
+
+def _reference_number(value: float) -> str:
+    """ECMAScript Number::toString of a double (RFC 8785 §3.2.2.3), refusing NaN and infinities."""
+    if not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a JSON number")
+    if value == 0:
+        # Covers -0.0, which ECMAScript writes as "0".
+        return "0"
+    # repr gives the shortest digit string that round-trips, which is the digit string ECMAScript uses.
+    sign, digit_tuple, exponent = Decimal(repr(float(value))).as_tuple()
+    assert isinstance(exponent, int)
+    digits = "".join(map(str, digit_tuple)).rstrip("0")
+    exponent += len(digit_tuple) - len(digits)
+    # value = 0.digits * 10**point: ECMA-262 Number::toString calls count k and point n.
+    count = len(digits)
+    point = count + exponent
+    prefix = "-" if sign else ""
+    if count <= point <= 21:
+        return prefix + digits + "0" * (point - count)
+    if 0 < point <= 21:
+        return prefix + digits[:point] + "." + digits[point:]
+    if -6 < point <= 0:
+        return prefix + "0." + "0" * -point + digits
+    power = point - 1
+    mantissa = digits if count == 1 else digits[0] + "." + digits[1:]
+    return f"{prefix}{mantissa}e{'+' if power > 0 else '-'}{abs(power)}"
+
+
+class Colour(StrEnum):
+    RED = "red"
+
+
+class Level(IntEnum):
+    HIGH = 3
+
+
+class DictSubclass(dict[str, Any]):
+    """A dict subclass: not a plain value, so it takes the general path."""
+
+
+# Code points that matter to the escaping and sorting rules, then anything: lone surrogates included, since
+# both implementations must refuse them alike.
+SPECIAL_CHARACTERS = st.sampled_from(
+    [
+        "\x00",
+        "\x08",
+        "\x1f",
+        " ",
+        '"',
+        "\\",
+        "/",
+        "\x7f",
+        "\x80",
+        "\u2028",
+        "\u2029",
+        "\ud800",
+        "\udfff",
+        "\ue000",
+        "\ufb33",
+        "\uffff",
+        "\U0001f600",
+        "\U0010ffff",
+    ]
+)
+TEXT = st.text(SPECIAL_CHARACTERS | st.characters(), max_size=6)
+ASCII_TEXT = st.text(st.characters(max_codepoint=0x7F), max_size=6)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53 - 1), 2**53 - 1)
+    | st.integers()
+    | st.sampled_from(
+        [2**53 - 1, 2**53, -(2**53 - 1), -(2**53), Level.HIGH, Colour.RED, 0.0, -0.0, 1e21, 1e-7]
+    )
+    | st.floats()
+    | TEXT
+    | ASCII_TEXT
+    | st.sampled_from([b"bytes", frozenset(), 1j, Decimal("1.5")])
+)
+KEYS = ASCII_TEXT | TEXT | st.sampled_from([1, None, 2.5, True, ("a",), Colour.RED])
+ANY_VALUES = st.recursive(
+    SCALARS,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(ASCII_TEXT, children, max_size=4)
+        | st.dictionaries(KEYS, children, max_size=4)
+        | st.dictionaries(ASCII_TEXT, children, max_size=3).map(OrderedDict)
+        | st.dictionaries(ASCII_TEXT, children, max_size=3).map(DictSubclass)
+    ),
+    max_leaves=20,
+)
+
+
+def outcome(encode: Any, value: Any) -> tuple[str, Any]:
+    """The bytes ``encode`` writes for ``value``, or the class and message of its refusal."""
+    try:
+        return "bytes", encode(value)
+    except (ValueError, TypeError) as error:
+        return type(error).__name__, str(error)
+
+
+@settings(max_examples=600, deadline=None, database=None)
+@given(ANY_VALUES)
+def test_property_equal_to_the_reference_implementation(value: Any) -> None:
+    assert outcome(canonical_json, value) == outcome(reference_canonical_json, value)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.dictionaries(ASCII_TEXT, st.integers(-(2**53 - 1), 2**53 - 1) | ASCII_TEXT | st.none(), max_size=8))
+def test_property_plain_objects_equal_to_the_reference_implementation(value: dict[str, Any]) -> None:
+    assert canonical_json(value) == reference_canonical_json(value)
+
+
+def test_every_code_point_is_escaped_as_by_the_reference_implementation() -> None:
+    # json.dumps(ensure_ascii=False) against the JSON.stringify table, one character at a time in one string.
+    scalars = "".join(chr(code) for code in range(sys.maxunicode + 1) if not 0xD800 <= code <= 0xDFFF)
+    assert canonical_json(scalars) == reference_canonical_json(scalars)
+    assert canonical_json({"k": [scalars]}) == reference_canonical_json({"k": [scalars]})
+    for code in range(0x80):
+        assert canonical_json({chr(code): chr(code)}) == reference_canonical_json({chr(code): chr(code)})
+
+
+@pytest.mark.parametrize("depth", [1, 31, 32, 33, 200])
+def test_deep_values_equal_to_the_reference_implementation(depth: int) -> None:
+    nested: Any = ["x"]
+    for level in range(depth):
+        nested = {"l": nested, "n": level} if level % 2 else [nested, level]
+    assert canonical_json(nested) == reference_canonical_json(nested)
+
+
+def test_cycles_deep_in_plain_values_are_rejected_as_before() -> None:
+    looped: dict[str, Any] = {"a": [1, "b"]}
+    looped["a"].append({"back": looped})
+    assert outcome(canonical_json, looped) == outcome(reference_canonical_json, looped)
+    assert outcome(canonical_json, looped)[0] == "ValueError"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"b": "\ud800", "a": 2**60},
+        {"a": "\ud800", "b": 2**60},
+        {"\udc00": 1, "a": 2**60},
+        ["ok", {"x": "\ud83d\ude00"}],
+        {"a": 1, "\U0001f600": 2, "\ufb33": 3},
+    ],
+)
+def test_the_first_refusal_in_canonical_order_is_reported_as_before(value: Any) -> None:
+    assert outcome(canonical_json, value) == outcome(reference_canonical_json, value)
