@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from referral.auth.principal import Principal, require_scope
 from referral.core import errors
-from referral.core.appkeys import service_keys_key, sessionmaker_key
+from referral.core.appkeys import service_keys_key, sessionmaker_key, settings_key
 from referral.core.groupcommit import GroupCommit
 from referral.core.timeutil import utcnow
 from referral.core.web import json_body, json_response, problem_response, request_id
@@ -33,13 +33,18 @@ JOSE = "application/jose"
 
 
 MAX_GROUP = 100
+GROUP_WRITERS = 2
 
 
 async def referrals_context(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the receipt signer over the service keys, and the group commit of submissions."""
     app[receipt_signer_key] = ReceiptSigner(app[service_keys_key])
     sessionmaker = app[sessionmaker_key]
-    app[submissions_key] = GroupCommit(functools.partial(_store_group, sessionmaker), max_group=MAX_GROUP)
+    # PostgreSQL: several groups in flight. SQLite has one connection (and one writer) per process.
+    writers = 1 if app[settings_key].database_url.startswith("sqlite") else GROUP_WRITERS
+    app[submissions_key] = GroupCommit(
+        functools.partial(_store_group, sessionmaker), max_group=MAX_GROUP, writers=writers
+    )
     yield
     await app[submissions_key].close()
 

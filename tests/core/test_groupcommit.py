@@ -83,3 +83,27 @@ async def test_a_request_that_goes_away_does_not_stop_its_group() -> None:
     # The abandoned item was written all the same, as a request whose client hung up would have been.
     assert recorder.groups == [[0], [2, 4]]
     await groups.close()
+
+
+async def test_with_two_writers_a_second_group_is_written_while_the_first_waits() -> None:
+    started: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def flush(items: Sequence[int]) -> list[int | BaseException]:
+        started.append(list(items))
+        await release.wait()
+        return list(items)
+
+    groups = GroupCommit(flush, max_group=10, writers=2)
+    first = asyncio.ensure_future(groups.submit(1))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(groups.submit(2))
+    await asyncio.sleep(0)
+    third = asyncio.ensure_future(groups.submit(3))
+    await asyncio.sleep(0)
+    # Two groups in flight at once; the third item waits for a writer to come free.
+    assert started == [[1], [2]]
+    release.set()
+    assert await asyncio.gather(first, second, third) == [1, 2, 3]
+    assert started == [[1], [2], [3]]
+    await groups.close()
