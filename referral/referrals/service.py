@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,6 +60,18 @@ _INSERT_ITEMS = insert(_items)
 _INSERT_LINKS = insert(_links)
 _INSERT_STATUS = insert(_statuses)
 _OPEN_STATUSES = [status.value for status in lifecycle.OPEN_STATUSES]
+
+# PostgreSQL: de-confliction looks for open referrals to the same providers, which a concurrent transaction
+# (another group, a batch, another process) may be writing. So each transaction that stores referrals first
+# takes a transaction-scoped advisory lock per addressee, in sorted order (never in a cycle); its look-up then
+# sees every earlier referral to those providers as committed. (The two-key lock space is apart from the
+# sequencer's single-key lock.)
+_LOCK_ADDRESSEES = text(
+    "SELECT pg_advisory_xact_lock(:namespace, hashtext(addressee)) "
+    "FROM unnest(CAST(:addressees AS varchar[])) WITH ORDINALITY AS locked(addressee, position) "
+    "ORDER BY position"
+)
+_DECONFLICTION_LOCK_NAMESPACE = 0x7266_6463  # "rfdc"
 
 # PostgreSQL: a group of new referrals in one statement. Data-modifying CTEs write the audit entries, queue
 # them for the sequencer, and write the referrals and their items, each table from array parameters; the
@@ -286,25 +299,19 @@ async def prepare_referral(
     issuer's key and the addressee's kind usually come from the caches; only when one is not cached is a
     session opened to load it (creating a session costs more than the rest of the preparation).
     """
+    prepare = functools.partial(
+        _prepare,
+        principal=principal,
+        compact=compact,
+        received_at=received_at,
+        receipts=receipts,
+        request_id=request_id,
+    )
     try:
-        return await _prepare(
-            None,
-            principal=principal,
-            compact=compact,
-            received_at=received_at,
-            receipts=receipts,
-            request_id=request_id,
-        )
+        return await prepare(None)
     except _NotCached:
         async with sessionmaker() as session:
-            return await _prepare(
-                session,
-                principal=principal,
-                compact=compact,
-                received_at=received_at,
-                receipts=receipts,
-                request_id=request_id,
-            )
+            return await prepare(session)
 
 
 async def _prepare(
@@ -476,6 +483,13 @@ async def store_referrals(session: AsyncSession, prepared: Sequence[PreparedRefe
         return []
     items = [row for one in prepared for row in _item_rows(one)]
     if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            _LOCK_ADDRESSEES,
+            {
+                "namespace": _DECONFLICTION_LOCK_NAMESPACE,
+                "addressees": sorted({one.document.addressee for one in prepared}),
+            },
+        )
         found = await session.execute(
             _POSTGRES_STORE,
             {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -12,10 +13,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referral.audit.models import AuditEntry
+from referral.auth.principal import PartyKind, Principal
 from referral.core.appkeys import sessionmaker_key
 from referral.feed.models import OutboxEvent
 from referral.referrals import service
 from referral.referrals.models import Referral, ReferralItem, ReferralLink
+from referral.referrals.routes import receipt_signer_key
 from tests.auth.factories import TestParty, bearer, make_party, sign_document
 from tests.referrals.test_api import count, referral_claims, settings  # noqa: F401 - the fixture
 
@@ -121,3 +124,42 @@ async def test_referrals_in_one_group_covering_the_same_url_are_linked(
     assert await count(client, ReferralLink) == 2
     seen = await (await client.get(f"/v1/referrals/{second}", headers=await bearer(client, provider))).json()
     assert seen["related"] == [{"referral_id": first, "same_issuer": False}]
+
+
+async def test_a_referral_written_by_a_concurrent_transaction_is_linked_when_it_commits(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty, backend: str
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("concurrent writing transactions exist only on PostgreSQL (SQLite: one connection)")
+    app = client.server.app
+    assert app is not None
+    url = "https://video.example.com/watch?v=raced"
+    principal = Principal(
+        party_id=authority.party_id,
+        party_kind=PartyKind.AUTHORITY,
+        client_id=authority.client_id,
+        scopes=frozenset({"referrals:write"}),
+        token_id="test",
+    )
+    first = await service.prepare_referral(
+        app[sessionmaker_key],
+        principal=principal,
+        compact=sign_document(authority, referral_claims(authority, provider, items=[{"url": url}])),
+        received_at=datetime.now(UTC),
+        receipts=app[receipt_signer_key],
+        request_id="raced",
+    )
+    second = sign_document(authority, referral_claims(authority, provider, items=[{"url": url}]))
+    async with app[sessionmaker_key].begin() as session:
+        await service.store_referrals(session, [first])
+        # Not committed yet: the second submission must wait for it instead of missing it.
+        racing = asyncio.ensure_future(_post(client, authority, second))
+        await asyncio.sleep(0.5)
+        assert not racing.done()
+    status, body = await racing
+    assert status == 201
+    assert await count(client, ReferralLink) == 2
+    seen = await (
+        await client.get(f"/v1/referrals/{body['referral']['id']}", headers=await bearer(client, authority))
+    ).json()
+    assert seen["related"] == [{"referral_id": first.referral_id, "same_issuer": True}]
