@@ -226,7 +226,9 @@ async def _seed_postgres(url: str, count: int, authorities: list[str], providers
                     await connection.copy_to_table(
                         "referrals", source=io.BytesIO(data), columns=list(COLUMNS), format="text"
                     )
-        await connection.execute("ANALYZE referrals")
+        # What autovacuum will have done to a year of history: statistics, and the visibility map that lets
+        # the statistics read the covering indexes without visiting the table.
+        await connection.execute("VACUUM (ANALYZE) referrals")
     finally:
         await connection.close()
 

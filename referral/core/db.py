@@ -222,7 +222,7 @@ def create_engine(settings: Settings, *, database_url: str | None = None) -> Asy
         connect_args={
             "timeout": settings.db_pool_timeout,
             "command_timeout": settings.db_statement_timeout,
-            "server_settings": {"statement_timeout": str(timeout_ms), "TimeZone": "UTC"},
+            "server_settings": {"statement_timeout": str(timeout_ms), "TimeZone": "UTC", "jit": "off"},
         },
     )
 

@@ -7,12 +7,24 @@ them later; the parsed fields exist for queries and are never the source of trut
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from referral.core.db import Base
+
+# What statistics read of a referral besides the party and the time of receipt (``reporting.queries``).
+STATS_COLUMNS: Final = (
+    "type",
+    "category",
+    "status",
+    "acknowledged_at",
+    "decided_at",
+    "deadline",
+    "preserved_until",
+    "id",
+)
 
 
 class Referral(Base):
@@ -54,9 +66,19 @@ class Referral(Base):
         Index("ix_referrals_addressee_id_id", "addressee_id", "id"),
         Index("ix_referrals_status_deadline", "status", "deadline"),
         Index("ix_referrals_received_at", "received_at"),
-        # Statistics and transparency reports of one party over a period.
-        Index("ix_referrals_issuer_id_received_at", "issuer_id", "received_at"),
-        Index("ix_referrals_addressee_id_received_at", "addressee_id", "received_at"),
+        # Statistics and transparency reports of one party over a period, index-only on PostgreSQL.
+        Index(
+            "ix_referrals_issuer_id_received_at",
+            "issuer_id",
+            "received_at",
+            postgresql_include=["addressee_id", *STATS_COLUMNS],
+        ),
+        Index(
+            "ix_referrals_addressee_id_received_at",
+            "addressee_id",
+            "received_at",
+            postgresql_include=["issuer_id", *STATS_COLUMNS],
+        ),
     )
 
 

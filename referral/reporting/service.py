@@ -82,6 +82,7 @@ async def compute_stats(
     session: AsyncSession, *, query: StatsQuery, reader: Reader, now: datetime, threshold: int
 ) -> StatsTable:
     """The statistics table of ``query`` as ``reader`` may see it."""
+    await queries.prepare(session)
     suppressed = reader.audience.suppressed
     if suppressed:
         query = whole_periods(query)
@@ -101,13 +102,7 @@ async def compute_stats(
             ],
         )
     levels = [(True, False), (False, False)] + ([(True, True), (False, True)] if grouped else [])
-    durations: dict[LineKey, dict[str, float | None]] = {}
-    for with_period, with_group in levels:
-        durations.update(
-            await queries.durations(
-                session, query=query, audience=audience, with_period=with_period, with_group=with_group
-            )
-        )
+    durations = await queries.durations(session, query=query, audience=audience, levels=levels)
     lines = _lines(query, row_counts, durations)
     published = publish(lines, threshold=threshold if suppressed else None)
     by_scope: dict[Scope, list[PublishedLine]] = {scope: [] for scope in Scope}
