@@ -88,21 +88,19 @@ async def compute_stats(
         query = whole_periods(query)
     audience = reader.audience
     grouped = bool(query.group_by)
-    row_counts = await queries.counts(session, query=query, audience=audience, now=now)
-    rows = len(row_counts) if grouped else len(buckets(query.start, query.end, query.interval))
-    if suppressed and rows > MAX_SUPPRESSED_ROWS:
-        raise errors.ValidationFailed(
-            "the table is too fine for aggregates with suppression",
-            errors=[
-                {
-                    "loc": ["query", "group_by" if grouped else "interval"],
-                    "msg": f"more than {MAX_SUPPRESSED_ROWS} rows: group by less, or choose a wider interval",
-                    "type": "too_fine",
-                }
-            ],
-        )
     levels = [(True, False), (False, False)] + ([(True, True), (False, True)] if grouped else [])
-    durations = await queries.durations(session, query=query, audience=audience, levels=levels)
+    if suppressed and grouped:
+        # How many rows there are is known from the counts, and a table too fine is refused before its
+        # durations are computed.
+        row_counts = await queries.counts(session, query=query, audience=audience, now=now)
+        _refuse_too_fine(grouped=True, rows=len(row_counts))
+        durations = await queries.durations(session, query=query, audience=audience, levels=levels)
+    else:
+        if suppressed:
+            _refuse_too_fine(grouped=False, rows=len(buckets(query.start, query.end, query.interval)))
+        row_counts, durations = await queries.counts_and_durations(
+            session, query=query, audience=audience, now=now, levels=levels
+        )
     lines = _lines(query, row_counts, durations)
     published = publish(lines, threshold=threshold if suppressed else None)
     by_scope: dict[Scope, list[PublishedLine]] = {scope: [] for scope in Scope}
@@ -125,6 +123,20 @@ async def compute_stats(
         total=by_scope[Scope.TOTAL][0],
         parties=await queries.party_names(session, party_ids),
     )
+
+
+def _refuse_too_fine(*, grouped: bool, rows: int) -> None:
+    if rows > MAX_SUPPRESSED_ROWS:
+        raise errors.ValidationFailed(
+            "the table is too fine for aggregates with suppression",
+            errors=[
+                {
+                    "loc": ["query", "group_by" if grouped else "interval"],
+                    "msg": f"more than {MAX_SUPPRESSED_ROWS} rows: group by less, or choose a wider interval",
+                    "type": "too_fine",
+                }
+            ],
+        )
 
 
 def _lines(
