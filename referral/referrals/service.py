@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import Table, and_, insert, or_, select, text, update
+from sqlalchemy import Table, and_, insert, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from referral.audit.service import (
@@ -82,10 +82,14 @@ _POSTGRES_STORE = text(
     f"stored AS ({unnest_insert(_referrals, prefix='referral_')}), "
     f"items AS ({unnest_insert(_items, prefix='item_')}) "
     "SELECT item.referral_id, referral.issuer_id, item.addressee_id, item.url, item.content_sha256 "
-    "FROM referral_items AS item JOIN referrals AS referral ON referral.id = item.referral_id "
-    "WHERE item.addressee_id = ANY(CAST(:addressees AS varchar[])) "
-    "AND (item.url = ANY(CAST(:urls AS varchar[])) OR item.content_sha256 = ANY(CAST(:hashes AS varchar[]))) "
-    "AND referral.status = ANY(CAST(:open_statuses AS varchar[]))"
+    "FROM ("
+    "SELECT * FROM referral_items WHERE (addressee_id, url) IN "
+    "(SELECT * FROM unnest(CAST(:url_addressees AS varchar[]), CAST(:urls AS varchar[]))) "
+    "UNION "
+    "SELECT * FROM referral_items WHERE (addressee_id, content_sha256) IN "
+    "(SELECT * FROM unnest(CAST(:hash_addressees AS varchar[]), CAST(:hashes AS varchar[])))"
+    ") AS item JOIN referrals AS referral ON referral.id = item.referral_id "
+    "WHERE referral.status = ANY(CAST(:open_statuses AS varchar[]))"
 )
 
 
@@ -529,11 +533,16 @@ async def store_referrals(session: AsyncSession, prepared: Sequence[PreparedRefe
 
 
 def _overlap_keys(batch: Sequence[PreparedReferral]) -> dict[str, list[str]]:
-    """What de-confliction looks for: the addressees, URLs and content hashes of the batch."""
+    """What de-confliction looks for: the batch's (addressee, URL) and (addressee, content hash) pairs, as
+    aligned lists. Looked up pair by pair, each is an index probe (``ix_referral_items_addressee_id_url``,
+    ``..._content_sha256``), however many items the providers already hold."""
+    urls = sorted({(one.document.addressee, url) for one in batch for url in one.urls})
+    hashes = sorted({(one.document.addressee, digest) for one in batch for digest in one.hashes})
     return {
-        "addressees": sorted({prepared.document.addressee for prepared in batch}),
-        "urls": sorted({url for prepared in batch for url in prepared.urls}),
-        "hashes": sorted({digest for prepared in batch for digest in prepared.hashes}),
+        "url_addressees": [addressee for addressee, _ in urls],
+        "urls": [url for _, url in urls],
+        "hash_addressees": [addressee for addressee, _ in hashes],
+        "hashes": [digest for _, digest in hashes],
     }
 
 
@@ -542,31 +551,33 @@ StoredItem = tuple[str, str, str, str | None, str | None]
 
 
 async def _stored_overlaps(session: AsyncSession, batch: Sequence[PreparedReferral]) -> list[StoredItem]:
-    """The items of stored open referrals to the batch's addressees that cover one of its URLs or hashes."""
+    """The items of stored open referrals to the batch's addressees that cover one of its URLs or hashes
+    (for the same addressee)."""
     keys = _overlap_keys(batch)
-    matches = []
-    if keys["urls"]:
-        matches.append(ReferralItem.url.in_(keys["urls"]))
-    if keys["hashes"]:
-        matches.append(ReferralItem.content_sha256.in_(keys["hashes"]))
-    if not matches:
-        return []
-    rows = await session.execute(
-        select(
-            ReferralItem.referral_id,
-            Referral.issuer_id,
-            ReferralItem.addressee_id,
-            ReferralItem.url,
-            ReferralItem.content_sha256,
-        )
-        .join(Referral, Referral.id == ReferralItem.referral_id)
-        .where(
-            ReferralItem.addressee_id.in_(keys["addressees"]),
-            or_(*matches),
-            Referral.status.in_(_OPEN_STATUSES),
-        )
+    columns = (
+        ReferralItem.referral_id,
+        Referral.issuer_id,
+        ReferralItem.addressee_id,
+        ReferralItem.url,
+        ReferralItem.content_sha256,
     )
-    return [(str(row[0]), str(row[1]), str(row[2]), row[3], row[4]) for row in rows]
+    found: set[StoredItem] = set()
+    for column, addressees, values in (
+        (ReferralItem.url, keys["url_addressees"], keys["urls"]),
+        (ReferralItem.content_sha256, keys["hash_addressees"], keys["hashes"]),
+    ):
+        if not values:
+            continue
+        rows = await session.execute(
+            select(*columns)
+            .join(Referral, Referral.id == ReferralItem.referral_id)
+            .where(
+                tuple_(ReferralItem.addressee_id, column).in_(list(zip(addressees, values, strict=True))),
+                Referral.status.in_(_OPEN_STATUSES),
+            )
+        )
+        found.update((str(row[0]), str(row[1]), str(row[2]), row[3], row[4]) for row in rows)
+    return sorted(found, key=lambda item: (item[0], item[3] or "", item[4] or ""))
 
 
 def _overlapping(

@@ -540,6 +540,39 @@ async def test_overlapping_referrals_are_linked(
     assert hidden.status == 404
 
 
+async def test_overlaps_are_looked_up_per_provider_by_url_and_by_content_hash(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    other_provider = await make_party(client, kind="provider")
+    url, digest = "https://video.example.com/watch?v=pair", "ab" * 32
+    _, first, _ = await submit(
+        client,
+        authority,
+        referral_claims(authority, provider, items=[{"url": url, "content_sha256": digest}]),
+    )
+    # The same URL to another provider is another provider's matter.
+    _, elsewhere, _ = await submit(
+        client, authority, referral_claims(authority, other_provider, items=[{"url": url}])
+    )
+    # The same content at another URL, to the same provider, overlaps.
+    _, same_content, _ = await submit(
+        client,
+        authority,
+        referral_claims(
+            authority, provider, items=[{"url": "https://mirror.example.net/copy", "content_sha256": digest}]
+        ),
+    )
+    headers = await bearer(client, authority)
+
+    async def related(body: dict[str, Any]) -> list[str]:
+        view = await (await client.get(f"/v1/referrals/{body['referral']['id']}", headers=headers)).json()
+        return [link["referral_id"] for link in view["related"]]
+
+    assert await related(elsewhere) == []
+    assert await related(same_content) == [first["referral"]["id"]]
+    assert await related(first) == [same_content["referral"]["id"]]
+
+
 async def test_unsupported_media_type_and_bad_json(
     client: TestClient[Any, Any], authority: TestParty
 ) -> None:
