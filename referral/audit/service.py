@@ -126,13 +126,13 @@ def entry_values(entry: AuditEntry, *, prefix: str = "") -> dict[str, Any]:
     return {prefix + name: getattr(entry, name) for name in ENTRY_COLUMNS}
 
 
-def queued_entries_ctes(*, prefix: str) -> str:
+def queued_entries_ctes(*, prefix: str, where: str | None = None) -> str:
     """PostgreSQL: the CTEs ``{prefix}appended`` and ``{prefix}queued`` that write entries and queue them
     for the sequencer, for statements that write entries together with the change they record (parameters
-    from ``queued_entries_parameters``)."""
+    from ``queued_entries_parameters``; ``where`` as in ``unnest_insert``)."""
     appended = f"{prefix}appended"
     return (
-        f"{appended} AS ({unnest_insert(_entries, prefix=prefix)} RETURNING id), "  # noqa: S608 - names only
+        f"{appended} AS ({unnest_insert(_entries, prefix=prefix, where=where)} RETURNING id), "  # noqa: S608
         f"{prefix}queued AS (INSERT INTO {_pending.name} (entry_id) SELECT id FROM {appended})"
     )
 

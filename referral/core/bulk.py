@@ -22,12 +22,14 @@ def _array_type(column: Any) -> str:
     return f"{column.type.compile(dialect=_DIALECT)}[]"
 
 
-def unnest_insert(table: Table, *, prefix: str) -> str:
+def unnest_insert(table: Table, *, prefix: str, where: str | None = None) -> str:
     """``INSERT INTO table (...) SELECT * FROM unnest(...)`` over every column of ``table``, one array
-    parameter per column named ``prefix + column`` (see ``unnest_parameters``)."""
+    parameter per column named ``prefix + column`` (see ``unnest_parameters``). ``where`` (SQL text, no
+    values) keeps only some of the rows: it sees each as ``row`` with the table's column names."""
     names = ", ".join(column.name for column in table.columns)
     arrays = ", ".join(f"CAST(:{prefix}{column.name} AS {_array_type(column)})" for column in table.columns)
-    return f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays})"  # noqa: S608 - names only
+    rows = f"unnest({arrays})" if where is None else f"unnest({arrays}) AS row({names}) WHERE {where}"
+    return f"INSERT INTO {table.name} ({names}) SELECT * FROM {rows}"  # noqa: S608 - names only
 
 
 def unnest_parameters(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referral.auth.principal import PartyKind, Principal
@@ -14,7 +14,8 @@ from referral.core import errors
 from referral.core.timeutil import isoformat
 from referral.feed.models import OutboxEvent
 from referral.feed.outbox import EventType
-from referral.referrals.service import deliver_documents
+from referral.referrals.models import Referral
+from referral.referrals.service import deliver_many
 
 MAX_PAGE_SIZE = 500
 MAX_CURSOR = 2**63 - 1
@@ -43,29 +44,32 @@ async def read_feed(
     """The caller's events after ``after``; referrals a provider receives here are delivered (and audited)."""
     if principal.party_kind not in (PartyKind.AUTHORITY, PartyKind.PROVIDER):
         raise errors.Forbidden("only authorities and providers have a feed")
-    page = list(
-        (
-            await session.execute(
-                select(OutboxEvent)
-                .where(OutboxEvent.recipient_id == principal.party_id, OutboxEvent.cursor > after)
-                .order_by(OutboxEvent.cursor)
-                .limit(limit)
-            )
-        ).scalars()
+    query = (
+        select(OutboxEvent)
+        .where(OutboxEvent.recipient_id == principal.party_id, OutboxEvent.cursor > after)
+        .order_by(OutboxEvent.cursor)
+        .limit(limit)
     )
-    if principal.party_kind is PartyKind.PROVIDER:
-        await deliver_documents(
-            session,
-            provider_id=principal.party_id,
-            referral_ids=[
-                event.referral_id
-                for event in page
-                if event.type == EventType.REFERRAL_SUBMITTED.value and event.referral_id is not None
-            ],
-            at=at,
-            request_id=request_id,
-            reader=principal,
+    if principal.party_kind is not PartyKind.PROVIDER:
+        page = list((await session.execute(query)).scalars())
+        return FeedPage(page, page[-1].cursor if page else after)
+    # A provider receives the signed documents of the new referrals in its page: read with the page (one
+    # statement), they are delivered and their reads audited.
+    rows = (
+        await session.execute(
+            query.add_columns(Referral).outerjoin(
+                Referral,
+                and_(
+                    OutboxEvent.type == EventType.REFERRAL_SUBMITTED.value,
+                    Referral.id == OutboxEvent.referral_id,
+                    Referral.addressee_id == principal.party_id,
+                ),
+            )
         )
+    ).all()
+    page = [event for event, _referral in rows]
+    received = [referral for _event, referral in rows if referral is not None]
+    await deliver_many(session, referrals=received, at=at, request_id=request_id, reader=principal)
     return FeedPage(page, page[-1].cursor if page else after)
 
 

@@ -12,9 +12,9 @@ from typing import Any, cast
 from pydantic import ValidationError
 from sqlalchemy import Table, and_, insert, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from referral.audit.service import (
-    append_entries,
     append_entry,
     new_entry_row,
     queued_entries_ctes,
@@ -90,6 +90,24 @@ _POSTGRES_STORE = text(
     "(SELECT * FROM unnest(CAST(:hash_addressees AS varchar[]), CAST(:hashes AS varchar[])))"
     ") AS item JOIN referrals AS referral ON referral.id = item.referral_id "
     "WHERE referral.status = ANY(CAST(:open_statuses AS varchar[]))"
+)
+
+
+_DELIVERED_ACTION = f"referral.{Status.DELIVERED.value}"
+# PostgreSQL: a provider's fetch in one statement. The referrals still ``submitted`` become delivered (the
+# status guard in the UPDATE: of racing fetches only one delivers), with a history row and an audit entry
+# each; the read entries are written for every fetched referral.
+_DELIVERED_ENTRIES = queued_entries_ctes(
+    prefix="entry_", where="row.action <> :delivered_action OR row.subject_id IN (SELECT id FROM delivered)"
+)
+_DELIVERED_HISTORY = unnest_insert(
+    _statuses, prefix="status_", where="row.referral_id IN (SELECT id FROM delivered)"
+)
+_POSTGRES_DELIVER = text(  # names only are formatted in; every value is bound
+    "WITH delivered AS (UPDATE referrals SET status = :delivered, delivered_at = :at, updated_at = :at "  # noqa: S608
+    "WHERE id = ANY(CAST(:waiting AS varchar[])) AND status = :submitted RETURNING id), "
+    f"{_DELIVERED_ENTRIES}, history AS ({_DELIVERED_HISTORY}) "
+    "SELECT id FROM delivered"
 )
 
 
@@ -690,59 +708,101 @@ async def _audit_read(
     session: AsyncSession, *, referral: Referral, reader: Principal, request_id: str | None
 ) -> None:
     """A party read the referral's signed content: a sensitive read, in the audit log."""
-    await append_entry(
-        session,
-        action="referral.read",
-        subject_type="referral",
-        subject_id=referral.id,
-        actor_party=reader.party_id,
-        actor_client=reader.client_id,
-        request_id=request_id,
-        digest=referral.jws_sha256,
-        visible_to=[referral.issuer_id, referral.addressee_id],
-    )
+    await append_entry(session, **_read_entry(referral, reader, request_id))
+
+
+def _read_entry(referral: Referral, reader: Principal, request_id: str | None) -> dict[str, Any]:
+    """The audit entry (``append_entry``'s arguments) of a party's read of the referral's signed content."""
+    return {
+        "action": "referral.read",
+        "subject_type": "referral",
+        "subject_id": referral.id,
+        "actor_party": reader.party_id,
+        "actor_client": reader.client_id,
+        "request_id": request_id,
+        "digest": referral.jws_sha256,
+        "visible_to": [referral.issuer_id, referral.addressee_id],
+    }
 
 
 async def deliver_many(
-    session: AsyncSession, *, referrals: Sequence[Referral], at: datetime, request_id: str | None
+    session: AsyncSession,
+    *,
+    referrals: Sequence[Referral],
+    at: datetime,
+    request_id: str | None,
+    reader: Principal | None = None,
 ) -> None:
-    """``mark_delivered`` for many referrals with a statement per table: a feed page or a listing delivers
-    up to hundreds at once (only those still ``submitted``, guarded by the status in the UPDATE)."""
-    waiting = {referral.id: referral for referral in referrals if referral.status == Status.SUBMITTED.value}
-    if not waiting:
-        return
-    changed = await session.execute(
-        update(_referrals)
-        .where(_referrals.c.id.in_(sorted(waiting)), _referrals.c.status == Status.SUBMITTED.value)
-        .values(status=Status.DELIVERED.value, delivered_at=at, updated_at=at)
-        .returning(_referrals.c.id)
+    """``mark_delivered`` for many referrals (a feed page or a listing delivers up to hundreds at once): only
+    those still ``submitted``, guarded by the status in the UPDATE, so a referral is delivered only once
+    however many fetches race. With a ``reader``, each referral's read of its signed content is audited too.
+
+    On PostgreSQL all of it is one statement; elsewhere one statement per table. The delivery entries come
+    before the read entries, in referral id order.
+    """
+    received = sorted({referral.id: referral for referral in referrals}.values(), key=lambda one: one.id)
+    waiting = [referral for referral in received if referral.status == Status.SUBMITTED.value]
+    entries = {
+        referral.id: new_entry_row(
+            action=_DELIVERED_ACTION,
+            subject_type="referral",
+            subject_id=referral.id,
+            request_id=request_id,
+            visible_to=[referral.issuer_id, referral.addressee_id],
+        )
+        for referral in waiting
+    }
+    reads = (
+        []
+        if reader is None
+        else [new_entry_row(**_read_entry(referral, reader, request_id)) for referral in received]
     )
-    delivered = [waiting[referral_id] for referral_id in sorted(changed.scalars())]
-    if not delivered:
+    history = {
+        referral.id: _server_status_row(
+            referral, Status.DELIVERED, at=at, audit_entry_id=entries[referral.id]["id"]
+        )
+        for referral in waiting
+    }
+    if not waiting and not reads:
         return
-    entries = await append_entries(
-        session,
-        [
+    if session.get_bind().dialect.name == "postgresql":
+        result = await session.execute(
+            _POSTGRES_DELIVER,
             {
-                "action": f"referral.{Status.DELIVERED.value}",
-                "subject_type": "referral",
-                "subject_id": referral.id,
-                "request_id": request_id,
-                "visible_to": [referral.issuer_id, referral.addressee_id],
-            }
-            for referral in delivered
-        ],
-    )
-    rows = [
-        _server_status_row(referral, Status.DELIVERED, at=at, audit_entry_id=entry.id)
-        for referral, entry in zip(delivered, entries, strict=True)
-    ]
-    await session.execute(_INSERT_STATUS, rows)
-    for referral, row in zip(delivered, rows, strict=True):
-        referral.status = Status.DELIVERED.value
-        referral.delivered_at = at
-        referral.updated_at = at
-        emit(session, events.delivered(referral, ReferralStatus(**row), at))
+                "waiting": [referral.id for referral in waiting],
+                "at": at,
+                "submitted": Status.SUBMITTED.value,
+                "delivered": Status.DELIVERED.value,
+                "delivered_action": _DELIVERED_ACTION,
+                **queued_entries_parameters([*entries.values(), *reads], prefix="entry_"),
+                **unnest_parameters(_statuses, history.values(), prefix="status_"),
+            },
+        )
+        delivered = set(result.scalars())
+    else:
+        delivered = set()
+        if waiting:
+            changed = await session.execute(
+                update(_referrals)
+                .where(_referrals.c.id.in_(list(entries)), _referrals.c.status == Status.SUBMITTED.value)
+                .values(status=Status.DELIVERED.value, delivered_at=at, updated_at=at)
+                .returning(_referrals.c.id)
+            )
+            delivered = set(changed.scalars())
+        await write_entry_rows(
+            session, [*(entries[referral_id] for referral_id in entries if referral_id in delivered), *reads]
+        )
+        if delivered:
+            await session.execute(
+                _INSERT_STATUS, [row for referral_id, row in history.items() if referral_id in delivered]
+            )
+    for referral in waiting:
+        if referral.id not in delivered:
+            continue
+        # The row already holds these values: set them as loaded, so that no flush writes them again.
+        for key, value in (("status", Status.DELIVERED.value), ("delivered_at", at), ("updated_at", at)):
+            set_committed_value(referral, key, value)
+        emit(session, events.delivered(referral, ReferralStatus(**history[referral.id]), at))
 
 
 async def deliver_documents(
@@ -767,24 +827,7 @@ async def deliver_documents(
             )
         ).scalars()
     )
-    await deliver_many(session, referrals=received, at=at, request_id=request_id)
-    if reader is not None:
-        await append_entries(
-            session,
-            [
-                {
-                    "action": "referral.read",
-                    "subject_type": "referral",
-                    "subject_id": referral.id,
-                    "actor_party": reader.party_id,
-                    "actor_client": reader.client_id,
-                    "request_id": request_id,
-                    "digest": referral.jws_sha256,
-                    "visible_to": [referral.issuer_id, referral.addressee_id],
-                }
-                for referral in received
-            ],
-        )
+    await deliver_many(session, referrals=received, at=at, request_id=request_id, reader=reader)
 
 
 async def read_referral(

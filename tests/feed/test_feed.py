@@ -18,7 +18,7 @@ from referral.core.appkeys import sessionmaker_key
 from referral.core.timeutil import utcnow
 from referral.feed.models import EventCursor, OutboxEvent
 from referral.referrals.clock import expire_preservations, flag_overdue, warn_expiring
-from referral.referrals.models import Referral
+from referral.referrals.models import Referral, ReferralStatus
 from tests.auth.factories import TestParty, bearer, make_party
 from tests.referrals.test_api import post_status, referral_claims, status_claims, submit
 
@@ -124,6 +124,58 @@ async def test_a_providers_feed_read_is_an_audited_delivery(
             ).scalars()
         )
     assert actions == ["referral.submitted", "referral.delivered", "referral.read", "referral.read"]
+
+
+async def test_racing_feed_reads_deliver_each_referral_once_and_audit_every_read(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    referral_ids = [await submitted_id(client, authority, provider) for _ in range(6)]
+    # One is delivered first by another fetch (its detail); the page then delivers only the others.
+    response = await client.get(f"/v1/referrals/{referral_ids[0]}", headers=await bearer(client, provider))
+    assert response.status == 200
+    pages = await asyncio.gather(*(feed(client, provider, limit=500) for _ in range(4)))
+    for page in pages:
+        listed = [
+            event["data"]["referral"]["id"]
+            for event in page["events"]
+            if event["type"] == "referral.submitted"
+        ]
+        assert sorted(listed) == sorted(referral_ids)
+    app = client.server.app
+    assert app is not None
+    async with app[sessionmaker_key]() as session:
+        entries = (
+            await session.execute(
+                select(AuditEntry.subject_id, AuditEntry.action).where(
+                    AuditEntry.subject_id.in_(referral_ids)
+                )
+            )
+        ).all()
+        history = (
+            await session.execute(
+                select(ReferralStatus.referral_id, ReferralStatus.previous_status).where(
+                    ReferralStatus.referral_id.in_(referral_ids), ReferralStatus.status == "delivered"
+                )
+            )
+        ).all()
+        statuses = set(
+            (await session.execute(select(Referral.status).where(Referral.id.in_(referral_ids)))).scalars()
+        )
+    for referral_id in referral_ids:
+        actions = sorted(action for subject, action in entries if subject == referral_id)
+        reads = 4 + (referral_id == referral_ids[0])
+        assert actions == ["referral.delivered"] + ["referral.read"] * reads + ["referral.submitted"], (
+            referral_id
+        )
+    assert sorted(history) == sorted((referral_id, "submitted") for referral_id in referral_ids)
+    assert statuses == {"delivered"}
+    # The authority hears of each delivery once.
+    delivered_events = [
+        event["data"]["referral"]["id"]
+        for event in (await feed(client, authority, limit=500))["events"]
+        if event["type"] == "status.recorded" and event["data"]["status"]["status"] == "delivered"
+    ]
+    assert sorted(delivered_events) == sorted(referral_ids)
 
 
 async def test_refused_requests_write_no_events(
