@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import Table, and_, insert, select, text, tuple_, update
+from sqlalchemy import Table, and_, bindparam, insert, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -634,14 +634,40 @@ def _visible(referral: Referral, principal: Principal) -> bool:
     return False
 
 
+_GET_REFERRAL = select(Referral).where(Referral.id == bindparam("referral_id"))
+_GET_REFERRAL_FOR_UPDATE = _GET_REFERRAL.with_for_update()
+_delivered_at: Any = bindparam("delivered_at_")
+_DELIVER_ONE = (
+    update(_referrals)
+    .where(_referrals.c.id == bindparam("referral_id"), _referrals.c.status == Status.SUBMITTED.value)
+    .values(status=Status.DELIVERED.value, delivered_at=_delivered_at, updated_at=_delivered_at)
+)
+
+
+@functools.cache
+def _update_referral(columns: tuple[str, ...]) -> Any:
+    """``UPDATE referrals SET <columns>`` of one referral, built once per set of columns (parameters
+    ``referral_id`` and ``<column>_``)."""
+    return (
+        update(_referrals)
+        .where(_referrals.c.id == bindparam("referral_id"))
+        .values({name: bindparam(f"{name}_") for name in columns})
+    )
+
+
+def _loaded(referral: Referral, **values: Any) -> None:
+    """Values a statement just wrote to the referral's row, set on the object as loaded, so that no flush
+    writes them a second time."""
+    for name, value in values.items():
+        set_committed_value(referral, name, value)
+
+
 async def get_visible(
     session: AsyncSession, *, principal: Principal, referral_id: str, for_update: bool = False
 ) -> Referral:
     """The referral if the caller issued it or is its addressee; 404 otherwise, whether or not it exists."""
-    query = select(Referral).where(Referral.id == referral_id)
-    if for_update:
-        query = query.with_for_update()
-    referral = (await session.execute(query)).scalar_one_or_none()
+    query = _GET_REFERRAL_FOR_UPDATE if for_update else _GET_REFERRAL
+    referral = (await session.execute(query, {"referral_id": referral_id})).scalar_one_or_none()
     if referral is None or not _visible(referral, principal):
         raise errors.NotFound("no referral with this id")
     return referral
@@ -688,19 +714,13 @@ async def mark_delivered(
     session: AsyncSession, *, referral: Referral, at: datetime, request_id: str | None
 ) -> None:
     """Record delivery on the provider's first fetch (only ever once: guarded by the status in the UPDATE)."""
-    changed = await session.execute(
-        update(_referrals)
-        .where(_referrals.c.id == referral.id, _referrals.c.status == Status.SUBMITTED.value)
-        .values(status=Status.DELIVERED.value, delivered_at=at, updated_at=at)
-    )
+    changed = await session.execute(_DELIVER_ONE, {"referral_id": referral.id, "delivered_at_": at})
     if changed.rowcount != 1:  # type: ignore[attr-defined]
         return
     status = await record_server_status(
         session, referral=referral, status=Status.DELIVERED, at=at, request_id=request_id
     )
-    referral.status = Status.DELIVERED.value
-    referral.delivered_at = at
-    referral.updated_at = at
+    _loaded(referral, status=Status.DELIVERED.value, delivered_at=at, updated_at=at)
     emit(session, events.delivered(referral, status, at))
 
 
@@ -799,9 +819,7 @@ async def deliver_many(
     for referral in waiting:
         if referral.id not in delivered:
             continue
-        # The row already holds these values: set them as loaded, so that no flush writes them again.
-        for key, value in (("status", Status.DELIVERED.value), ("delivered_at", at), ("updated_at", at)):
-            set_committed_value(referral, key, value)
+        _loaded(referral, status=Status.DELIVERED.value, delivered_at=at, updated_at=at)
         emit(session, events.delivered(referral, ReferralStatus(**history[referral.id]), at))
 
 
@@ -1089,9 +1107,11 @@ async def record_status(
         "receipt": receipt,
     }
     await session.execute(_INSERT_STATUS, status_values)
-    await session.execute(update(_referrals).where(_referrals.c.id == referral.id).values(**changes))
-    for name, value in changes.items():
-        setattr(referral, name, value)
+    await session.execute(
+        _update_referral(tuple(changes)),
+        {"referral_id": referral.id, **{f"{k}_": v for k, v in changes.items()}},
+    )
+    _loaded(referral, **changes)
     status = ReferralStatus(**status_values)
     emit(session, events.status_recorded(referral, status, received_at))
     return StatusRecorded(referral, status, created=True)
