@@ -636,12 +636,6 @@ def _visible(referral: Referral, principal: Principal) -> bool:
 
 _GET_REFERRAL = select(Referral).where(Referral.id == bindparam("referral_id"))
 _GET_REFERRAL_FOR_UPDATE = _GET_REFERRAL.with_for_update()
-_delivered_at: Any = bindparam("delivered_at_")
-_DELIVER_ONE = (
-    update(_referrals)
-    .where(_referrals.c.id == bindparam("referral_id"), _referrals.c.status == Status.SUBMITTED.value)
-    .values(status=Status.DELIVERED.value, delivered_at=_delivered_at, updated_at=_delivered_at)
-)
 
 
 @functools.cache
@@ -710,20 +704,6 @@ def _server_status_row(
     }
 
 
-async def mark_delivered(
-    session: AsyncSession, *, referral: Referral, at: datetime, request_id: str | None
-) -> None:
-    """Record delivery on the provider's first fetch (only ever once: guarded by the status in the UPDATE)."""
-    changed = await session.execute(_DELIVER_ONE, {"referral_id": referral.id, "delivered_at_": at})
-    if changed.rowcount != 1:  # type: ignore[attr-defined]
-        return
-    status = await record_server_status(
-        session, referral=referral, status=Status.DELIVERED, at=at, request_id=request_id
-    )
-    _loaded(referral, status=Status.DELIVERED.value, delivered_at=at, updated_at=at)
-    emit(session, events.delivered(referral, status, at))
-
-
 async def _audit_read(
     session: AsyncSession, *, referral: Referral, reader: Principal, request_id: str | None
 ) -> None:
@@ -753,15 +733,19 @@ async def deliver_many(
     request_id: str | None,
     reader: Principal | None = None,
 ) -> None:
-    """``mark_delivered`` for many referrals (a feed page or a listing delivers up to hundreds at once): only
-    those still ``submitted``, guarded by the status in the UPDATE, so a referral is delivered only once
-    however many fetches race. With a ``reader``, each referral's read of its signed content is audited too.
+    """Record the delivery of referrals on the provider's first fetch (a detail, a feed page or a listing of
+    up to hundreds, or an acknowledgement of what was never fetched): only those still ``submitted``,
+    guarded by the status in the UPDATE, so a referral is delivered only once however many fetches race.
+    With a ``reader``, each referral's read of its signed content is audited too.
 
     On PostgreSQL all of it is one statement; elsewhere one statement per table. The delivery entries come
     before the read entries, in referral id order.
     """
     received = sorted({referral.id: referral for referral in referrals}.values(), key=lambda one: one.id)
     waiting = [referral for referral in received if referral.status == Status.SUBMITTED.value]
+    if not waiting and (reader is None or not received):
+        return
+    # Made in this order, the delivery entries' ids (the log's order) come before the reads'.
     entries = {
         referral.id: new_entry_row(
             action=_DELIVERED_ACTION,
@@ -783,8 +767,6 @@ async def deliver_many(
         )
         for referral in waiting
     }
-    if not waiting and not reads:
-        return
     if session.get_bind().dialect.name == "postgresql":
         result = await session.execute(
             _POSTGRES_DELIVER,
@@ -853,9 +835,10 @@ async def read_referral(
 ) -> tuple[Referral, list[ReferralStatus], list[tuple[str, bool]]]:
     """The referral with history and links; the read is audited, and a provider's first read delivers it."""
     referral = await get_visible(session, principal=principal, referral_id=referral_id)
-    if principal.party_kind is PartyKind.PROVIDER and referral.status == Status.SUBMITTED.value:
-        await mark_delivered(session, referral=referral, at=at, request_id=request_id)
-    await _audit_read(session, referral=referral, reader=principal, request_id=request_id)
+    if principal.party_kind is PartyKind.PROVIDER:  # its read of the content, and the first time its delivery
+        await deliver_many(session, referrals=[referral], at=at, request_id=request_id, reader=principal)
+    else:
+        await _audit_read(session, referral=referral, reader=principal, request_id=request_id)
     history = list(
         (
             await session.execute(
@@ -1064,7 +1047,7 @@ async def record_status(
         raise
     if current is Status.SUBMITTED and document.status is Status.ACKNOWLEDGED:
         # Acknowledging what was never fetched is also its delivery (see lifecycle's docstring).
-        await mark_delivered(session, referral=referral, at=received_at, request_id=request_id)
+        await deliver_many(session, referrals=[referral], at=received_at, request_id=request_id)
         current = Status.DELIVERED
 
     changes = _clock_changes(referral, document, received_at)

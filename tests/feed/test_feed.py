@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from referral.app import create_app
 from referral.audit.models import AuditEntry
@@ -176,6 +178,44 @@ async def test_racing_feed_reads_deliver_each_referral_once_and_audit_every_read
         if event["type"] == "status.recorded" and event["data"]["status"]["status"] == "delivered"
     ]
     assert sorted(delivered_events) == sorted(referral_ids)
+
+
+@contextlib.contextmanager
+def referral_row_writes(client: TestClient[Any, Any]) -> Iterator[list[str]]:
+    """The statements that write ``referrals`` rows while the block runs."""
+    app = client.server.app
+    assert app is not None
+    engine = app[sessionmaker_key].kw["bind"].sync_engine
+    writes: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "UPDATE referrals" in statement:
+            writes.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield writes
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def test_a_delivery_writes_each_referral_row_once(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    for _ in range(3):
+        await submitted_id(client, authority, provider)
+    with referral_row_writes(client) as writes:
+        page = await feed(client, provider)
+    assert len(page["events"]) >= 3
+    assert len(writes) == 1, "the page's delivery is one UPDATE; no flush writes the rows again"
+    referral_id = await submitted_id(client, authority, provider)
+    with referral_row_writes(client) as writes:
+        status, body = await post_status(
+            client, provider, referral_id, status_claims(provider, referral_id, "acknowledged")
+        )
+    assert status == 201, body
+    assert body["referral"]["status"] == "acknowledged"
+    assert len(writes) == 2, "the delivery and the acknowledgement's clocks, each written once"
 
 
 async def test_refused_requests_write_no_events(
