@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -213,18 +215,48 @@ def create_engine(settings: Settings, *, database_url: str | None = None) -> Asy
         event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
         return engine
     timeout_ms = int(settings.db_statement_timeout * 1000)
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_timeout=settings.db_pool_timeout,
-        pool_pre_ping=True,
+        # Not SQLAlchemy's pre-ping: with asyncpg it is three round trips (BEGIN, a query, ROLLBACK) before
+        # every transaction. ``_ping_if_idle`` checks only connections that sat unused for a while.
+        pool_pre_ping=False,
         connect_args={
             "timeout": settings.db_pool_timeout,
             "command_timeout": settings.db_statement_timeout,
             "server_settings": {"statement_timeout": str(timeout_ms), "TimeZone": "UTC", "jit": "off"},
         },
     )
+    event.listen(engine.sync_engine.pool, "checkin", _note_checkin)
+    event.listen(engine.sync_engine.pool, "checkout", _ping_if_idle)
+    return engine
+
+
+PING_AFTER_IDLE_SECONDS = 5.0
+"""A pooled PostgreSQL connection unused for longer than this is pinged before it is handed out."""
+
+_CHECKED_IN_AT = "referral.checked_in_at"
+
+
+def _note_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info[_CHECKED_IN_AT] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+    """Pessimistic disconnect handling, only where a disconnect is plausible: a connection that was idle
+    (the server restarted, a firewall dropped it) is pinged; one dead answers ``DisconnectionError``, on
+    which the pool discards it and hands out another (SQLAlchemy retries the checkout). A connection in
+    steady use is not pinged: if it died in between, the request fails like any other database error
+    (503) and SQLAlchemy invalidates the pool's older connections."""
+    checked_in_at = record.info.get(_CHECKED_IN_AT)
+    if checked_in_at is None or time.monotonic() - checked_in_at < PING_AFTER_IDLE_SECONDS:
+        return
+    try:
+        dbapi_connection.ping()
+    except Exception as exc:  # whatever the driver raised, this connection is not usable
+        raise sa_exc.DisconnectionError("the idle connection is gone") from exc
 
 
 def create_sessionmaker(

@@ -69,63 +69,129 @@ _UPSERT = (
     "DO UPDATE SET last_cursor = event_cursors.last_cursor + excluded.last_cursor "
     "RETURNING party_id, last_cursor"
 )
-# PostgreSQL: cursors, events and NOTIFY in one statement. Each event's cursor is its party's new last cursor
-# minus how many of that party's events follow it in this transaction.
-_UPSERT_INSERT_AND_NOTIFY = """
-WITH advanced AS ({upsert}),
-written AS (
-    INSERT INTO outbox_events (id, recipient_id, cursor, type, referral_id, created_at, data)
-    SELECT event.id, event.recipient_id, advanced.last_cursor - event.back, event.type, event.referral_id,
-           event.created_at, event.data
-    FROM unnest(CAST(:event_id AS varchar[]), CAST(:event_recipient AS varchar[]),
-                CAST(:event_back AS bigint[]),
-                CAST(:event_type AS varchar[]), CAST(:event_referral AS varchar[]),
-                CAST(:event_created_at AS timestamptz[]), CAST(:event_data AS json[]))
-         AS event(id, recipient_id, back, type, referral_id, created_at, data)
-    JOIN advanced ON advanced.party_id = event.recipient_id
-)
-SELECT party_id, last_cursor, pg_notify(:channel, party_id) FROM advanced
-"""
+
+
+def event_ctes(*, prefix: str, also_lock: str | None = None, where: str | None = None) -> str:
+    """PostgreSQL: the CTEs ``{prefix}advanced`` and ``{prefix}written`` that reserve the recipients'
+    cursors, write the events and NOTIFY the recipients (delivered by the server only if the transaction
+    commits), for statements that write events together with the change they tell of (parameters from
+    ``event_parameters``). Each event's cursor is its party's new last cursor minus how many of that
+    party's events follow it in the statement.
+
+    The cursor rows are locked in one pass in party order (bytewise, as Python sorts), as every writer of
+    events does, so two writers never wait on each other in a cycle. A transaction that will write more
+    events later (at commit) must hold the rows of those recipients too, from this same pass: ``also_lock``
+    (SQL, no values) selects their ``party_id``; their rows are locked without advancing. ``where`` (SQL, no
+    values) writes the events only if it holds."""
+    advanced = f"{prefix}advanced"
+    # Names and the caller's SQL only are formatted in; every value is a bound parameter.
+    wanted = f"SELECT * FROM unnest(CAST(:{prefix}party AS varchar[]), CAST(:{prefix}count AS bigint[]))"  # noqa: S608
+    if also_lock is not None:
+        wanted = f"{wanted} UNION ALL SELECT party_id, 0 FROM ({also_lock}) AS also(party_id)"  # noqa: S608
+    return (
+        f"{advanced} AS (INSERT INTO {_cursors.name} (party_id, last_cursor) "  # noqa: S608 - names only
+        f"SELECT party_id, sum(count) FROM ({wanted}) AS wanted(party_id, count) "
+        f"{'' if where is None else 'WHERE ' + where} "
+        'GROUP BY party_id ORDER BY party_id COLLATE "C" '
+        "ON CONFLICT (party_id) DO UPDATE SET last_cursor = event_cursors.last_cursor + excluded.last_cursor "
+        f"RETURNING party_id, last_cursor, pg_notify(:{prefix}channel, party_id)), "
+        f"{prefix}written AS (INSERT INTO {_events.name} "
+        "(id, recipient_id, cursor, type, referral_id, created_at, data) "
+        "SELECT event.id, event.recipient_id, advanced.last_cursor - event.back, event.type, "
+        "event.referral_id, event.created_at, event.data "
+        f"FROM unnest(CAST(:{prefix}id AS varchar[]), CAST(:{prefix}recipient AS varchar[]), "
+        f"CAST(:{prefix}back AS bigint[]), CAST(:{prefix}type AS varchar[]), "
+        f"CAST(:{prefix}referral AS varchar[]), CAST(:{prefix}created_at AS timestamptz[]), "
+        f"CAST(:{prefix}data AS json[])) "
+        "AS event(id, recipient_id, back, type, referral_id, created_at, data) "
+        f"JOIN {advanced} AS advanced ON advanced.party_id = event.recipient_id)"
+    )
+
+
+def event_parameters(events: Iterable[Event], *, prefix: str) -> tuple[dict[str, Any], set[str]]:
+    """The parameters of ``event_ctes`` for ``events`` (in the order they happened), and their recipients
+    (for ``written``)."""
+    by_recipient = _by_recipient(events)
+    parties = sorted(by_recipient)
+    rows = [
+        (party_id, len(by_recipient[party_id]) - 1 - offset, queued)
+        for party_id in parties
+        for offset, queued in enumerate(by_recipient[party_id])
+    ]
+    # An event's data is often one dict shared by its recipients (both parties of a case, the signed
+    # document inside): serialise each once.
+    serialised: dict[int, str] = {}
+    for _party_id, _back, queued in rows:
+        if id(queued.data) not in serialised:
+            serialised[id(queued.data)] = json.dumps(queued.data)
+    parameters = {
+        f"{prefix}party": parties,
+        f"{prefix}count": [len(by_recipient[party_id]) for party_id in parties],
+        f"{prefix}channel": CHANNEL,
+        f"{prefix}id": [new_id() for _ in rows],
+        f"{prefix}recipient": [party_id for party_id, _back, _queued in rows],
+        f"{prefix}back": [back for _party_id, back, _queued in rows],
+        f"{prefix}type": [queued.type.value for _party_id, _back, queued in rows],
+        f"{prefix}referral": [queued.referral_id for _party_id, _back, queued in rows],
+        f"{prefix}created_at": [queued.created_at for _party_id, _back, queued in rows],
+        f"{prefix}data": [serialised[id(queued.data)] for _party_id, _back, queued in rows],
+    }
+    return parameters, set(parties)
+
+
+def written(session: AsyncSession | Session, recipients: Iterable[str]) -> None:
+    """Events for ``recipients`` were written by the caller's own statement (``event_ctes``): wake the
+    feed readers waiting in this process once the transaction commits, as for emitted events."""
+    session.info.setdefault(WAKE_KEY, set()).update(recipients)
+
+
+def _by_recipient(events: Iterable[Event]) -> dict[str, list[Event]]:
+    by_recipient: dict[str, list[Event]] = {}
+    for queued in events:
+        by_recipient.setdefault(queued.recipient_id, []).append(queued)
+    return by_recipient
+
+
+_POSTGRES_WRITE = text(f"WITH {event_ctes(prefix='event_')} SELECT count(*) FROM event_advanced")  # noqa: S608
 
 
 @functools.cache
-def _advance_statement(dialect: str, parties: int) -> Any:
-    """The cursor upsert for this many parties (on PostgreSQL with the events and the NOTIFY). Written as
-    text: SQLAlchemy does not cache the compiled form of an ``ON CONFLICT`` upsert, and compiling it again on
-    every commit costs more than running it."""
+def _upsert_statement(parties: int) -> Any:
+    """SQLite: the cursor upsert for this many parties. Written as text: SQLAlchemy does not cache the
+    compiled form of an ``ON CONFLICT`` upsert, and compiling it again on every commit costs more than
+    running it."""
     # Only numbered placeholders are formatted in; every value is a bound parameter.
-    upsert = _UPSERT.format(rows=", ".join(f"(:party_{n}, :count_{n})" for n in range(parties)))
-    if dialect != "postgresql":
-        return text(upsert)
-    return text(_UPSERT_INSERT_AND_NOTIFY.format(upsert=upsert)).bindparams(channel=CHANNEL)
+    return text(_UPSERT.format(rows=", ".join(f"(:party_{n}, :count_{n})" for n in range(parties))))
 
 
 @event.listens_for(Session, "before_commit")
 def _write_pending(session: Session) -> None:
-    """Reserve the recipients' cursors and write the events: one statement on PostgreSQL, two on SQLite.
+    """Reserve the recipients' cursors and write the events: one statement on PostgreSQL (``event_ctes``,
+    with the NOTIFY that wakes waiting feed readers in other processes), two on SQLite.
 
-    The cursor rows are locked in sorted party order (rows of a multi-row INSERT are taken in order), so two
-    writers never wait on each other in a cycle. On PostgreSQL the same statement sends the NOTIFY that wakes
-    waiting feed readers in other processes (delivered by the server only if the transaction commits).
+    The cursor rows are locked in sorted party order, so two writers never wait on each other in a cycle.
     """
     # Runs inside the async session's greenlet, so the synchronous Session API does real (async) I/O here.
     pending: list[Event] | None = session.info.pop(PENDING_KEY, None)
     if not pending:
         return
-    by_recipient: dict[str, list[Event]] = {}
-    for queued in pending:
-        by_recipient.setdefault(queued.recipient_id, []).append(queued)
-    dialect = session.get_bind().dialect.name
+    if session.get_bind().dialect.name == "postgresql":
+        parameters, recipients = event_parameters(pending, prefix="event_")
+        session.execute(_POSTGRES_WRITE, parameters)
+        written(session, recipients)
+        return
+    by_recipient = _by_recipient(pending)
     parties = sorted(by_recipient)
     params: dict[str, Any] = {}
     for n, party_id in enumerate(parties):
         params[f"party_{n}"] = party_id
         params[f"count_{n}"] = len(by_recipient[party_id])
+    last_cursors = {row[0]: int(row[1]) for row in session.execute(_upsert_statement(len(parties)), params)}
     rows: list[dict[str, Any]] = [
         {
             "id": new_id(),
             "recipient_id": party_id,
-            "back": len(by_recipient[party_id]) - 1 - offset,
+            "cursor": last_cursors[party_id] - (len(by_recipient[party_id]) - 1 - offset),
             "type": queued.type.value,
             "referral_id": queued.referral_id,
             "created_at": queued.created_at,
@@ -134,30 +200,8 @@ def _write_pending(session: Session) -> None:
         for party_id in parties
         for offset, queued in enumerate(by_recipient[party_id])
     ]
-    statement = _advance_statement(dialect, len(parties))
-    if dialect == "postgresql":
-        # An event's data is often one dict shared by its recipients (both parties of a case, the signed
-        # document inside): serialise each once.
-        serialised: dict[int, str] = {}
-        for row in rows:
-            if id(row["data"]) not in serialised:
-                serialised[id(row["data"])] = json.dumps(row["data"])
-        params.update(
-            event_id=[row["id"] for row in rows],
-            event_recipient=[row["recipient_id"] for row in rows],
-            event_back=[row["back"] for row in rows],
-            event_type=[row["type"] for row in rows],
-            event_referral=[row["referral_id"] for row in rows],
-            event_created_at=[row["created_at"] for row in rows],
-            event_data=[serialised[id(row["data"])] for row in rows],
-        )
-        session.execute(statement, params)
-    else:
-        last_cursors = {row[0]: int(row[1]) for row in session.execute(statement, params)}
-        for row in rows:
-            row["cursor"] = last_cursors[row["recipient_id"]] - row.pop("back")
-        session.execute(_INSERT_EVENTS, rows)
-    session.info.setdefault(WAKE_KEY, set()).update(by_recipient)
+    session.execute(_INSERT_EVENTS, rows)
+    written(session, parties)
 
 
 @event.listens_for(Session, "after_commit")

@@ -11,14 +11,15 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from referral.auth.principal import Principal, require_scope
 from referral.core import errors
-from referral.core.appkeys import service_keys_key, sessionmaker_key, settings_key
+from referral.core.appkeys import engine_key, service_keys_key, sessionmaker_key, settings_key
 from referral.core.groupcommit import GroupCommit
 from referral.core.timeutil import utcnow
 from referral.core.web import json_body, json_response, problem_response, request_id
+from referral.feed.notifier import Notifier, notifier_key
 from referral.referrals import service, views
 from referral.referrals.documents import DocumentType, Status
 from referral.referrals.signed import ReceiptSigner
@@ -42,10 +43,11 @@ async def referrals_context(app: web.Application) -> AsyncIterator[None]:
     app[receipt_signer_key] = ReceiptSigner(app[service_keys_key])
     sessionmaker = app[sessionmaker_key]
     # PostgreSQL: several groups in flight. SQLite has one connection (and one writer) per process.
-    writers = 1 if app[settings_key].database_url.startswith("sqlite") else GROUP_WRITERS
-    app[submissions_key] = GroupCommit(
-        functools.partial(_store_group, sessionmaker), max_group=MAX_GROUP, writers=writers
-    )
+    sqlite = app[settings_key].database_url.startswith("sqlite")
+    # PostgreSQL: a group with nothing to link is one statement in autocommit mode (``store_unlinked``).
+    autocommit = None if sqlite else app[engine_key].execution_options(isolation_level="AUTOCOMMIT")
+    store = functools.partial(_store_group, sessionmaker, autocommit, app[notifier_key])
+    app[submissions_key] = GroupCommit(store, max_group=MAX_GROUP, writers=1 if sqlite else GROUP_WRITERS)
     yield
     await app[submissions_key].close()
 
@@ -85,15 +87,27 @@ async def _once_more_on_race(
 
 
 async def _store_group(
-    sessionmaker: async_sessionmaker[AsyncSession], group: Sequence[service.PreparedReferral]
+    sessionmaker: async_sessionmaker[AsyncSession],
+    autocommit: AsyncEngine | None,
+    notifier: Notifier,
+    group: Sequence[service.PreparedReferral],
 ) -> list[service.Submission | BaseException]:
     """Store a group of single submissions in one transaction (``GroupCommit``'s flush).
 
+    On PostgreSQL a group with nothing to link is one statement in its own transaction (``autocommit``, an
+    engine in autocommit mode); one that must be linked (or on SQLite) is stored in a transaction.
     Optimistic: nothing looks for repeats first. If the transaction fails on a constraint (a repeated
     ``jti``, or two requests with the same one in flight), nothing of it was written, and each document is
     stored on its own instead, looking for the earlier document, so each answers as it would have alone.
     """
     try:
+        if autocommit is not None:
+            async with autocommit.connect() as connection:
+                unlinked = await service.store_unlinked(connection, group)
+            if unlinked is not None:
+                stored, recipients = unlinked
+                notifier.wake(recipients)
+                return list(stored)
         async with sessionmaker.begin() as session:
             return list(await service.store_referrals(session, group))
     except IntegrityError:

@@ -11,7 +11,7 @@ from typing import Any, cast
 
 from pydantic import ValidationError
 from sqlalchemy import Table, and_, bindparam, insert, select, text, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from referral.audit.service import (
@@ -26,7 +26,7 @@ from referral.core import errors
 from referral.core.bulk import unnest_insert, unnest_parameters
 from referral.core.ids import new_id
 from referral.core.timeutil import isoformat, isoformat_or_none
-from referral.feed.outbox import emit
+from referral.feed.outbox import Event, emit, event_ctes, event_parameters, written
 from referral.parties.keys import cached_signing_key, signing_key
 from referral.parties.service import cached_party_kind, party_kind
 from referral.referrals import events, lifecycle
@@ -73,25 +73,53 @@ _LOCK_ADDRESSEES = text(
 )
 _DECONFLICTION_LOCK_NAMESPACE = 0x7266_6463  # "rfdc"
 
+# De-confliction, pair by pair: the items of one (addressee, URL) or (addressee, hash) pair, an index probe
+# each. ``OFFSET 0`` keeps the planner from turning the probes into a join that reads the whole table, which
+# it does when its statistics are older than the table (a plan prepared while referral_items was small).
+_PAIR_PROBE = (
+    "SELECT found.* FROM unnest(CAST(:{pairs}_addressees AS varchar[]), CAST(:{values} AS varchar[])) "
+    "AS pair(addressee_id, value) CROSS JOIN LATERAL ("
+    "SELECT referral_id, addressee_id, url, content_sha256 FROM referral_items "
+    "WHERE referral_items.addressee_id = pair.addressee_id AND referral_items.{column} = pair.value "
+    "OFFSET 0) AS found"
+)
+
 # PostgreSQL: a group of new referrals in one statement. Data-modifying CTEs write the audit entries, queue
-# them for the sequencer, and write the referrals and their items, each table from array parameters; the
-# statement's own SELECT is the de-confliction look-up, which sees the database as it was before the
-# statement, so only referrals stored earlier (those of the same group are matched in memory).
+# them for the sequencer, write the referrals and their items, each table from array parameters, and their
+# ``referral.submitted`` events (cursors, rows and NOTIFY). ``found`` is the de-confliction look-up, which
+# sees the database as it was before the statement, so only referrals stored earlier (those of the same
+# group are matched in memory).
 _POSTGRES_STORE = text(
     f"WITH {queued_entries_ctes(prefix='entry_')}, "  # noqa: S608 - names only; every value is bound
     f"stored AS ({unnest_insert(_referrals, prefix='referral_')}), "
-    f"items AS ({unnest_insert(_items, prefix='item_')}) "
-    "SELECT item.referral_id, referral.issuer_id, item.addressee_id, item.url, item.content_sha256 "
-    "FROM ("
-    "SELECT * FROM referral_items WHERE (addressee_id, url) IN "
-    "(SELECT * FROM unnest(CAST(:url_addressees AS varchar[]), CAST(:urls AS varchar[]))) "
-    "UNION "
-    "SELECT * FROM referral_items WHERE (addressee_id, content_sha256) IN "
-    "(SELECT * FROM unnest(CAST(:hash_addressees AS varchar[]), CAST(:hashes AS varchar[])))"
-    ") AS item JOIN referrals AS referral ON referral.id = item.referral_id "
-    "WHERE referral.status = ANY(CAST(:open_statuses AS varchar[]))"
+    f"items AS ({unnest_insert(_items, prefix='item_')}), "
+    "found AS (SELECT item.referral_id, referral.issuer_id, item.addressee_id, item.url, item.content_sha256 "
+    f"FROM ({_PAIR_PROBE.format(column='url', pairs='url', values='urls')} "
+    f"UNION {_PAIR_PROBE.format(column='content_sha256', pairs='hash', values='hashes')}) AS item "
+    "JOIN referrals AS referral ON referral.id = item.referral_id "
+    "WHERE referral.status = ANY(CAST(:open_statuses AS varchar[]))), "
+    # The issuers of the referrals found may hear of the new ones (``referral.related``, written at commit).
+    f"{event_ctes(prefix='event_', also_lock='SELECT DISTINCT issuer_id FROM found')} "
+    "SELECT * FROM found"
 )
 
+
+# PostgreSQL: a group with nothing to link, in one statement and its own implicit transaction (autocommit).
+# ``referral_overlaps`` (migration 0009) takes the de-confliction locks and looks, with a snapshot taken once
+# they are held, for open referrals the group would have to be linked to; only if there are none does the
+# statement write the group (every write waits for ``checked``). Otherwise it writes nothing and the group
+# is stored by ``store_referrals`` in a transaction of its own.
+_NOTHING_TO_LINK = "(SELECT overlapping FROM checked) = 0"
+_POSTGRES_STORE_UNLINKED = text(
+    "WITH checked AS (SELECT referral_overlaps(:namespace, CAST(:addressees AS varchar[]), "  # noqa: S608
+    "CAST(:url_addressees AS varchar[]), CAST(:urls AS varchar[]), CAST(:hash_addressees AS varchar[]), "
+    "CAST(:hashes AS varchar[]), CAST(:open_statuses AS varchar[])) AS overlapping), "
+    f"{queued_entries_ctes(prefix='entry_', where=_NOTHING_TO_LINK)}, "
+    f"stored AS ({unnest_insert(_referrals, prefix='referral_', where=_NOTHING_TO_LINK)}), "
+    f"items AS ({unnest_insert(_items, prefix='item_', where=_NOTHING_TO_LINK)}), "
+    f"{event_ctes(prefix='event_', where=_NOTHING_TO_LINK)} "
+    "SELECT overlapping FROM checked"
+)
 
 _DELIVERED_ACTION = f"referral.{Status.DELIVERED.value}"
 # PostgreSQL: a provider's fetch in one statement. The referrals still ``submitted`` become delivered (the
@@ -504,30 +532,20 @@ async def store_referrals(session: AsyncSession, prepared: Sequence[PreparedRefe
     if not prepared:
         return []
     items = [row for one in prepared for row in _item_rows(one)]
+    referrals = [NewReferral(**one.values) for one in prepared]
+    submitted = [event for new in referrals for event in events.submitted(new, new.received_at)]
     if session.get_bind().dialect.name == "postgresql":
-        await session.execute(
-            _LOCK_ADDRESSEES,
-            {
-                "namespace": _DECONFLICTION_LOCK_NAMESPACE,
-                "addressees": sorted({one.document.addressee for one in prepared}),
-            },
-        )
-        found = await session.execute(
-            _POSTGRES_STORE,
-            {
-                **queued_entries_parameters([one.entry for one in prepared], prefix="entry_"),
-                **unnest_parameters(_referrals, [one.values for one in prepared], prefix="referral_"),
-                **unnest_parameters(_items, items, prefix="item_"),
-                **_overlap_keys(prepared),
-                "open_statuses": _OPEN_STATUSES,
-            },
-        )
+        parameters, recipients = _store_parameters(prepared, items, submitted)
+        await session.execute(_LOCK_ADDRESSEES, parameters)
+        found = await session.execute(_POSTGRES_STORE, parameters)
+        written(session, recipients)
         stored_items = [(str(row[0]), str(row[1]), str(row[2]), row[3], row[4]) for row in found]
     else:
         stored_items = await _stored_overlaps(session, prepared)
         await write_entry_rows(session, [one.entry for one in prepared])
         await session.execute(_INSERT_REFERRAL, [one.values for one in prepared])
         await session.execute(_INSERT_ITEMS, items)
+        emit(session, submitted)
     related_by_id = _overlapping(prepared, stored_items)
     links = [
         link
@@ -540,14 +558,52 @@ async def store_referrals(session: AsyncSession, prepared: Sequence[PreparedRefe
     ]
     if links:
         await session.execute(_INSERT_LINKS, links)
-    stored = []
-    for one in prepared:
-        referral = NewReferral(**one.values)
-        received_at = one.values["received_at"]
-        emit(session, events.submitted(referral, received_at))
-        emit(session, events.related(referral, related_by_id[referral.id], received_at))
-        stored.append(Submission(referral, created=True))
-    return stored
+    # After the group's submitted events: a related event names a referral its recipient has heard of.
+    for referral in referrals:
+        emit(session, events.related(referral, related_by_id[referral.id], referral.received_at))
+    return [Submission(referral, created=True) for referral in referrals]
+
+
+def _store_parameters(
+    prepared: Sequence[PreparedReferral], items: list[dict[str, Any]], submitted: list[Event]
+) -> tuple[dict[str, Any], set[str]]:
+    """The parameters of the PostgreSQL statements that store a group, and the recipients of its events."""
+    event_values, recipients = event_parameters(submitted, prefix="event_")
+    parameters = {
+        "namespace": _DECONFLICTION_LOCK_NAMESPACE,
+        "addressees": sorted({one.document.addressee for one in prepared}),
+        **queued_entries_parameters([one.entry for one in prepared], prefix="entry_"),
+        **unnest_parameters(_referrals, [one.values for one in prepared], prefix="referral_"),
+        **unnest_parameters(_items, items, prefix="item_"),
+        **_overlap_keys(prepared),
+        **event_values,
+        "open_statuses": _OPEN_STATUSES,
+    }
+    return parameters, recipients
+
+
+async def store_unlinked(
+    connection: AsyncConnection, prepared: Sequence[PreparedReferral]
+) -> tuple[list[Submission], set[str]] | None:
+    """PostgreSQL: store a group that has nothing to link in one statement, on a connection in autocommit
+    mode (the statement is its own transaction: committed when this returns). Returns the submissions and
+    the recipients of their events (to wake in this process), or ``None`` if nothing was written because
+    the group must be linked to referrals stored before or to each other (``store_referrals`` does that).
+
+    As ``store_referrals``, nothing looks for repeats: a ``jti`` stored before fails the statement with an
+    ``IntegrityError``, and nothing of the group was written."""
+    if not prepared:
+        return [], set()
+    if any(_overlapping(prepared, []).values()):
+        return None
+    items = [row for one in prepared for row in _item_rows(one)]
+    referrals = [NewReferral(**one.values) for one in prepared]
+    submitted = [event for new in referrals for event in events.submitted(new, new.received_at)]
+    parameters, recipients = _store_parameters(prepared, items, submitted)
+    overlaps = (await connection.execute(_POSTGRES_STORE_UNLINKED, parameters)).scalar_one()
+    if overlaps:
+        return None
+    return [Submission(referral, created=True) for referral in referrals], recipients
 
 
 def _overlap_keys(batch: Sequence[PreparedReferral]) -> dict[str, list[str]]:

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from referral.app import create_app
 from referral.config import Settings
+from referral.core import db
 from referral.core.appkeys import engine_key
 from referral.core.db import NestedSessionError, UTCDateTime, create_engine, create_sessionmaker
 from referral.core.ids import new_id
@@ -146,3 +147,43 @@ async def test_a_session_opened_inside_another_on_sqlite_is_refused_not_left_wai
             with pytest.raises(NestedSessionError, match="would wait for itself"):
                 await inner.execute(select(1))
         assert (await outer.execute(select(1))).scalar_one() == 1
+
+
+async def test_an_idle_postgres_connection_that_died_is_replaced_not_failed(
+    postgres_databases: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection whose server side went away while it sat idle is pinged at checkout and
+    replaced; one in steady use is handed out without a ping (no extra round trips per transaction)."""
+    url = postgres_databases.copy()
+    engine = create_engine(Settings(database_url=url, db_pool_size=1))
+    pings: list[object] = []
+    try:
+        async with engine.connect() as connection:
+            first_pid = (await connection.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one()
+            adapted = type((await connection.get_raw_connection()).dbapi_connection)
+        ping = adapted.ping
+
+        def counted_ping(self: Any) -> None:
+            pings.append(first_pid)
+            ping(self)
+
+        monkeypatch.setattr(adapted, "ping", counted_ping)
+        async with engine.connect() as connection:  # used a moment ago: no ping
+            assert (await connection.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one() == first_pid
+        assert pings == []
+
+        monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)
+        other = create_engine(Settings(database_url=url))
+        try:
+            async with other.connect() as killer:
+                await killer.exec_driver_sql(f"SELECT pg_terminate_backend({int(first_pid)})")
+        finally:
+            await other.dispose()
+        await asyncio.sleep(0.2)
+        async with engine.connect() as connection:
+            second_pid = (await connection.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one()
+        assert pings == [first_pid]
+        assert second_pid != first_pid
+    finally:
+        await engine.dispose()
+        postgres_databases.drop(url)

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referral.audit.models import AuditEntry
 from referral.auth.principal import PartyKind, Principal
-from referral.core.appkeys import sessionmaker_key
+from referral.core.appkeys import engine_key, sessionmaker_key
 from referral.feed.models import OutboxEvent
 from referral.referrals import service
 from referral.referrals.models import Referral, ReferralItem, ReferralLink
@@ -32,16 +32,42 @@ async def _post(client: TestClient[Any, Any], party: TestParty, compact: str) ->
     return response.status, await response.json()
 
 
+async def _prepared(app: Any, party: TestParty, addressee: TestParty, url: str) -> service.PreparedReferral:
+    """A referral of ``url`` by ``party`` to ``addressee``, prepared as a submission would be (not stored)."""
+    principal = Principal(
+        party_id=party.party_id,
+        party_kind=PartyKind.AUTHORITY,
+        client_id=party.client_id,
+        scopes=frozenset({"referrals:write"}),
+        token_id="test",
+    )
+    return await service.prepare_referral(
+        app[sessionmaker_key],
+        principal=principal,
+        compact=sign_document(party, referral_claims(party, addressee, items=[{"url": url}])),
+        received_at=datetime.now(UTC),
+        receipts=app[receipt_signer_key],
+        request_id="prepared",
+    )
+
+
 def _record_groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The size of every group of referrals stored in one transaction."""
     sizes: list[int] = []
-    store = service.store_referrals
+    store, store_unlinked = service.store_referrals, service.store_unlinked
 
     async def recording(session: AsyncSession, prepared: Sequence[service.PreparedReferral]) -> Any:
         sizes.append(len(prepared))
         return await store(session, prepared)
 
+    async def recording_unlinked(connection: Any, prepared: Sequence[service.PreparedReferral]) -> Any:
+        stored = await store_unlinked(connection, prepared)
+        if stored is not None:  # else nothing was written: the group goes to store_referrals
+            sizes.append(len(prepared))
+        return stored
+
     monkeypatch.setattr(service, "store_referrals", recording)
+    monkeypatch.setattr(service, "store_unlinked", recording_unlinked)
     return sizes
 
 
@@ -134,21 +160,7 @@ async def test_a_referral_written_by_a_concurrent_transaction_is_linked_when_it_
     app = client.server.app
     assert app is not None
     url = "https://video.example.com/watch?v=raced"
-    principal = Principal(
-        party_id=authority.party_id,
-        party_kind=PartyKind.AUTHORITY,
-        client_id=authority.client_id,
-        scopes=frozenset({"referrals:write"}),
-        token_id="test",
-    )
-    first = await service.prepare_referral(
-        app[sessionmaker_key],
-        principal=principal,
-        compact=sign_document(authority, referral_claims(authority, provider, items=[{"url": url}])),
-        received_at=datetime.now(UTC),
-        receipts=app[receipt_signer_key],
-        request_id="raced",
-    )
+    first = await _prepared(app, authority, provider, url)
     second = sign_document(authority, referral_claims(authority, provider, items=[{"url": url}]))
     async with app[sessionmaker_key].begin() as session:
         await service.store_referrals(session, [first])
@@ -163,3 +175,108 @@ async def test_a_referral_written_by_a_concurrent_transaction_is_linked_when_it_
         await client.get(f"/v1/referrals/{body['referral']['id']}", headers=await bearer(client, authority))
     ).json()
     assert seen["related"] == [{"referral_id": first.referral_id, "same_issuer": True}]
+
+
+async def test_groups_that_find_each_others_issuers_referrals_commit_without_deadlock(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty, backend: str
+) -> None:
+    """A group writes its submitted events with its rows and its ``referral.related`` events at commit, to
+    issuers it learnt of from the look-up. Two groups to different providers (so not ordered by the
+    de-confliction lock) that each find a referral of the other's issuer would take each other's cursor rows
+    in opposite orders, unless a group's statement also locks the cursor rows of the issuers it found."""
+    if backend != "postgresql":
+        pytest.skip("concurrent writing transactions exist only on PostgreSQL (SQLite: one connection)")
+    app = client.server.app
+    assert app is not None
+    other_authority = await make_party(client, kind="authority", country="FR")
+    other_provider = await make_party(client, kind="provider", country="NL")
+    first_url, second_url = "https://video.example.com/watch?v=one", "https://video.example.com/watch?v=two"
+    # Earlier, committed: the other authority's referral of the first URL to the provider, and the
+    # authority's referral of the second URL to the other provider.
+    earlier = {}
+    for party, addressee, url in (
+        (other_authority, provider, first_url),
+        (authority, other_provider, second_url),
+    ):
+        claims = referral_claims(party, addressee, items=[{"url": url}])
+        status, body = await _post(client, party, sign_document(party, claims))
+        assert status == 201
+        earlier[party.party_id] = body["referral"]["id"]
+
+    one = await _prepared(app, authority, provider, first_url)  # finds the other authority's referral
+    two = await _prepared(app, other_authority, other_provider, second_url)  # finds the authority's referral
+
+    async def store_alone(group: service.PreparedReferral) -> None:
+        async with app[sessionmaker_key].begin() as session:
+            await service.store_referrals(session, [group])
+
+    async with app[sessionmaker_key].begin() as session:
+        await service.store_referrals(session, [one])
+        crossing = asyncio.ensure_future(store_alone(two))
+        await asyncio.sleep(0.5)  # the second group runs its statement while the first is not committed
+    await crossing  # a deadlock would fail one of the two (after PostgreSQL's deadlock_timeout)
+
+    async with app[sessionmaker_key]() as session:
+        rows = (
+            await session.execute(
+                select(
+                    OutboxEvent.recipient_id, OutboxEvent.cursor, OutboxEvent.type, OutboxEvent.referral_id
+                )
+            )
+        ).all()
+    related = {
+        (recipient, referral) for recipient, _cursor, kind, referral in rows if kind == "referral.related"
+    }
+    assert related == {
+        (authority.party_id, one.referral_id),
+        (other_authority.party_id, earlier[other_authority.party_id]),
+        (provider.party_id, one.referral_id),
+        (other_authority.party_id, two.referral_id),
+        (authority.party_id, earlier[authority.party_id]),
+        (other_provider.party_id, two.referral_id),
+    }
+    for party_id in {recipient for recipient, *_ in rows}:
+        cursors = sorted(cursor for recipient, cursor, *_ in rows if recipient == party_id)
+        assert cursors == list(range(1, len(cursors) + 1))  # every party's cursors without gaps
+
+
+async def test_a_submission_with_nothing_to_link_is_one_statement_in_its_own_transaction(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty, backend: str
+) -> None:
+    """PostgreSQL: the de-confliction locks, the look-up, the rows, the audit entry and the events of a group
+    with nothing to link are one statement (in autocommit mode), with no lock statement before it, so the
+    locks are held only while PostgreSQL runs it. One that must be linked takes a transaction."""
+    if backend != "postgresql":
+        pytest.skip("SQLite stores every group in a transaction (one writer, no locks to shorten)")
+    app = client.server.app
+    assert app is not None
+    url = "https://video.example.com/watch?v=alone"
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    engine = app[engine_key].sync_engine
+    headers = {**await bearer(client, authority), "Content-Type": "application/jose"}
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        compact = sign_document(authority, referral_claims(authority, provider, items=[{"url": url}]))
+        response = await client.post("/v1/referrals", data=compact, headers=headers)
+        assert response.status == 201
+        alone = list(statements)
+        statements.clear()
+        compact = sign_document(authority, referral_claims(authority, provider, items=[{"url": url}]))
+        response = await client.post("/v1/referrals", data=compact, headers=headers)
+        assert response.status == 201
+        linked = list(statements)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    writes = [statement for statement in alone if "INSERT INTO referrals" in statement]
+    assert len(writes) == 1
+    assert writes[0].startswith("WITH checked AS (SELECT referral_overlaps(")
+    assert not any("pg_advisory_xact_lock" in statement for statement in alone)
+    # The second covers the same URL: nothing written by the first try, then a transaction with the lock.
+    assert any(statement.startswith("SELECT pg_advisory_xact_lock") for statement in linked)
+    assert sum("INSERT INTO referral_links" in statement for statement in linked) == 1
+    assert await count(client, Referral) == 2
+    assert await count(client, ReferralLink) == 2

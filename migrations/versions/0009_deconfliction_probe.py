@@ -1,0 +1,83 @@
+"""De-confliction in the statement that stores a group (PostgreSQL only): ``referral_overlaps`` takes the
+per-provider de-confliction locks and then looks for open referrals to those providers covering one of the
+group's (provider, URL) or (provider, content hash) pairs.
+
+It is a PL/pgSQL function, and ``VOLATILE``, because of what it must see: each of its queries takes a fresh
+snapshot, so the look-up, run once the locks are held, sees every referral committed before, including by a
+transaction that held a lock while this one waited for it. A look-up in the storing statement itself would
+see the database as it was when that statement started, before the wait. With the function, a group with
+nothing to link is stored by one statement in its own implicit transaction: one round trip, with the locks
+held only while PostgreSQL runs it, no longer across the client's round trips.
+
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-12-02
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0009"
+down_revision: str | None = "0008"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+CREATE = """
+CREATE FUNCTION referral_overlaps(
+    lock_namespace integer,
+    addressees varchar[],
+    url_addressees varchar[],
+    urls varchar[],
+    hash_addressees varchar[],
+    hashes varchar[],
+    open_statuses varchar[]
+) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    addressee varchar;
+    found bigint;
+BEGIN
+    -- In the order given (the caller sorts them): two groups never wait on each other in a cycle.
+    FOREACH addressee IN ARRAY addressees LOOP
+        PERFORM pg_advisory_xact_lock(lock_namespace, hashtext(addressee));
+    END LOOP;
+    -- Pair by pair, an index probe each (OFFSET 0: never a join that reads the whole table).
+    SELECT count(*) INTO found
+    FROM (
+        SELECT probe.referral_id
+        FROM unnest(url_addressees, urls) AS pair(addressee_id, value)
+        CROSS JOIN LATERAL (
+            SELECT item.referral_id FROM referral_items AS item
+            WHERE item.addressee_id = pair.addressee_id AND item.url = pair.value OFFSET 0
+        ) AS probe
+        UNION ALL
+        SELECT probe.referral_id
+        FROM unnest(hash_addressees, hashes) AS pair(addressee_id, value)
+        CROSS JOIN LATERAL (
+            SELECT item.referral_id FROM referral_items AS item
+            WHERE item.addressee_id = pair.addressee_id AND item.content_sha256 = pair.value OFFSET 0
+        ) AS probe
+    ) AS candidate
+    JOIN referrals ON referrals.id = candidate.referral_id
+    WHERE referrals.status = ANY(open_statuses);
+    RETURN found;
+END
+$$
+"""
+
+
+def upgrade() -> None:
+    """Create ``referral_overlaps``."""
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    op.execute(CREATE)
+
+
+def downgrade() -> None:
+    """Drop ``referral_overlaps``."""
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    arrays = ", ".join(["varchar[]"] * 6)
+    op.execute(f"DROP FUNCTION referral_overlaps(integer, {arrays})")
