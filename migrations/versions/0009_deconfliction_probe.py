@@ -36,12 +36,12 @@ CREATE FUNCTION referral_overlaps(
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    addressee varchar;
+    lock_key integer;
     found bigint;
 BEGIN
-    -- In the order given (the caller sorts them): two groups never wait on each other in a cycle.
-    FOREACH addressee IN ARRAY addressees LOOP
-        PERFORM pg_advisory_xact_lock(lock_namespace, hashtext(addressee));
+    -- In the order of the lock keys, as every transaction that stores referrals takes them: never in a cycle.
+    FOR lock_key IN SELECT DISTINCT hashtext(addressee) FROM unnest(addressees) AS addressee ORDER BY 1 LOOP
+        PERFORM pg_advisory_xact_lock(lock_namespace, lock_key);
     END LOOP;
     -- Pair by pair, an index probe each (OFFSET 0: never a join that reads the whole table).
     SELECT count(*) INTO found

@@ -71,7 +71,7 @@ _UPSERT = (
 )
 
 
-def event_ctes(*, prefix: str, also_lock: str | None = None, where: str | None = None) -> str:
+def event_ctes(*, prefix: str, where: str | None = None) -> str:
     """PostgreSQL: the CTEs ``{prefix}advanced`` and ``{prefix}written`` that reserve the recipients'
     cursors, write the events and NOTIFY the recipients (delivered by the server only if the transaction
     commits), for statements that write events together with the change they tell of (parameters from
@@ -79,20 +79,17 @@ def event_ctes(*, prefix: str, also_lock: str | None = None, where: str | None =
     party's events follow it in the statement.
 
     The cursor rows are locked in one pass in party order (bytewise, as Python sorts), as every writer of
-    events does, so two writers never wait on each other in a cycle. A transaction that will write more
-    events later (at commit) must hold the rows of those recipients too, from this same pass: ``also_lock``
-    (SQL, no values) selects their ``party_id``; their rows are locked without advancing. ``where`` (SQL, no
-    values) writes the events only if it holds."""
+    events does, so two writers never wait on each other in a cycle. Use it only in a statement that is its
+    own transaction, or the last of its transaction to take row locks: a transaction that held cursor rows
+    while it waited for another row lock could deadlock with one that holds that row and takes cursor rows at
+    its commit (a status update does). ``where`` (SQL, no values) writes the events only if it holds."""
     advanced = f"{prefix}advanced"
     # Names and the caller's SQL only are formatted in; every value is a bound parameter.
-    wanted = f"SELECT * FROM unnest(CAST(:{prefix}party AS varchar[]), CAST(:{prefix}count AS bigint[]))"  # noqa: S608
-    if also_lock is not None:
-        wanted = f"{wanted} UNION ALL SELECT party_id, 0 FROM ({also_lock}) AS also(party_id)"  # noqa: S608
     return (
         f"{advanced} AS (INSERT INTO {_cursors.name} (party_id, last_cursor) "  # noqa: S608 - names only
-        f"SELECT party_id, sum(count) FROM ({wanted}) AS wanted(party_id, count) "
-        f"{'' if where is None else 'WHERE ' + where} "
-        'GROUP BY party_id ORDER BY party_id COLLATE "C" '
+        f"SELECT * FROM unnest(CAST(:{prefix}party AS varchar[]), CAST(:{prefix}count AS bigint[])) "
+        f"AS wanted(party_id, count) {'' if where is None else 'WHERE ' + where} "
+        'ORDER BY party_id COLLATE "C" '
         "ON CONFLICT (party_id) DO UPDATE SET last_cursor = event_cursors.last_cursor + excluded.last_cursor "
         f"RETURNING party_id, last_cursor, pg_notify(:{prefix}channel, party_id)), "
         f"{prefix}written AS (INSERT INTO {_events.name} "

@@ -26,7 +26,7 @@ from referral.core import errors
 from referral.core.bulk import unnest_insert, unnest_parameters
 from referral.core.ids import new_id
 from referral.core.timeutil import isoformat, isoformat_or_none
-from referral.feed.outbox import Event, emit, event_ctes, event_parameters, written
+from referral.feed.outbox import emit, event_ctes, event_parameters
 from referral.parties.keys import cached_signing_key, signing_key
 from referral.parties.service import cached_party_kind, party_kind
 from referral.referrals import events, lifecycle
@@ -63,13 +63,13 @@ _OPEN_STATUSES = [status.value for status in lifecycle.OPEN_STATUSES]
 
 # PostgreSQL: de-confliction looks for open referrals to the same providers, which a concurrent transaction
 # (another group, a batch, another process) may be writing. So each transaction that stores referrals first
-# takes a transaction-scoped advisory lock per addressee, in sorted order (never in a cycle); its look-up then
-# sees every earlier referral to those providers as committed. (The two-key lock space is apart from the
-# sequencer's single-key lock.)
+# takes a transaction-scoped advisory lock per addressee, in the order of the lock keys (never in a cycle,
+# even when two addressees' keys collide); its look-up then sees every earlier referral to those providers as
+# committed. (The two-key lock space is apart from the sequencer's single-key lock.)
 _LOCK_ADDRESSEES = text(
-    "SELECT pg_advisory_xact_lock(:namespace, hashtext(addressee)) "
-    "FROM unnest(CAST(:addressees AS varchar[])) WITH ORDINALITY AS locked(addressee, position) "
-    "ORDER BY position"
+    "SELECT pg_advisory_xact_lock(:namespace, key) "
+    "FROM (SELECT DISTINCT hashtext(addressee) AS key "
+    "FROM unnest(CAST(:addressees AS varchar[])) AS addressee) AS locked ORDER BY key"
 )
 _DECONFLICTION_LOCK_NAMESPACE = 0x7266_6463  # "rfdc"
 
@@ -84,11 +84,13 @@ _PAIR_PROBE = (
     "OFFSET 0) AS found"
 )
 
-# PostgreSQL: a group of new referrals in one statement. Data-modifying CTEs write the audit entries, queue
-# them for the sequencer, write the referrals and their items, each table from array parameters, and their
-# ``referral.submitted`` events (cursors, rows and NOTIFY). ``found`` is the de-confliction look-up, which
-# sees the database as it was before the statement, so only referrals stored earlier (those of the same
-# group are matched in memory).
+# PostgreSQL: a group of new referrals to be linked in one statement. Data-modifying CTEs write the audit
+# entries, queue them for the sequencer, and write the referrals and their items, each table from array
+# parameters; ``found`` is the de-confliction look-up, which sees the database as it was before the statement,
+# so only referrals stored earlier (those of the same group are matched in memory). Its events are written at
+# commit, after the links: the links' foreign keys lock the referrals linked to (``FOR KEY SHARE``), and a
+# status update holds its referral's row before it takes the event cursor rows at its commit, so a group that
+# held cursor rows while it waited for that referral would deadlock with it.
 _POSTGRES_STORE = text(
     f"WITH {queued_entries_ctes(prefix='entry_')}, "  # noqa: S608 - names only; every value is bound
     f"stored AS ({unnest_insert(_referrals, prefix='referral_')}), "
@@ -97,9 +99,7 @@ _POSTGRES_STORE = text(
     f"FROM ({_PAIR_PROBE.format(column='url', pairs='url', values='urls')} "
     f"UNION {_PAIR_PROBE.format(column='content_sha256', pairs='hash', values='hashes')}) AS item "
     "JOIN referrals AS referral ON referral.id = item.referral_id "
-    "WHERE referral.status = ANY(CAST(:open_statuses AS varchar[]))), "
-    # The issuers of the referrals found may hear of the new ones (``referral.related``, written at commit).
-    f"{event_ctes(prefix='event_', also_lock='SELECT DISTINCT issuer_id FROM found')} "
+    "WHERE referral.status = ANY(CAST(:open_statuses AS varchar[]))) "
     "SELECT * FROM found"
 )
 
@@ -535,17 +535,16 @@ async def store_referrals(session: AsyncSession, prepared: Sequence[PreparedRefe
     referrals = [NewReferral(**one.values) for one in prepared]
     submitted = [event for new in referrals for event in events.submitted(new, new.received_at)]
     if session.get_bind().dialect.name == "postgresql":
-        parameters, recipients = _store_parameters(prepared, items, submitted)
+        parameters = _store_parameters(prepared, items)
         await session.execute(_LOCK_ADDRESSEES, parameters)
         found = await session.execute(_POSTGRES_STORE, parameters)
-        written(session, recipients)
         stored_items = [(str(row[0]), str(row[1]), str(row[2]), row[3], row[4]) for row in found]
     else:
         stored_items = await _stored_overlaps(session, prepared)
         await write_entry_rows(session, [one.entry for one in prepared])
         await session.execute(_INSERT_REFERRAL, [one.values for one in prepared])
         await session.execute(_INSERT_ITEMS, items)
-        emit(session, submitted)
+    emit(session, submitted)
     related_by_id = _overlapping(prepared, stored_items)
     links = [
         link
@@ -564,22 +563,17 @@ async def store_referrals(session: AsyncSession, prepared: Sequence[PreparedRefe
     return [Submission(referral, created=True) for referral in referrals]
 
 
-def _store_parameters(
-    prepared: Sequence[PreparedReferral], items: list[dict[str, Any]], submitted: list[Event]
-) -> tuple[dict[str, Any], set[str]]:
-    """The parameters of the PostgreSQL statements that store a group, and the recipients of its events."""
-    event_values, recipients = event_parameters(submitted, prefix="event_")
-    parameters = {
+def _store_parameters(prepared: Sequence[PreparedReferral], items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The parameters of the PostgreSQL statements that store a group (without its events)."""
+    return {
         "namespace": _DECONFLICTION_LOCK_NAMESPACE,
         "addressees": sorted({one.document.addressee for one in prepared}),
         **queued_entries_parameters([one.entry for one in prepared], prefix="entry_"),
         **unnest_parameters(_referrals, [one.values for one in prepared], prefix="referral_"),
         **unnest_parameters(_items, items, prefix="item_"),
         **_overlap_keys(prepared),
-        **event_values,
         "open_statuses": _OPEN_STATUSES,
     }
-    return parameters, recipients
 
 
 async def store_unlinked(
@@ -599,7 +593,8 @@ async def store_unlinked(
     items = [row for one in prepared for row in _item_rows(one)]
     referrals = [NewReferral(**one.values) for one in prepared]
     submitted = [event for new in referrals for event in events.submitted(new, new.received_at)]
-    parameters, recipients = _store_parameters(prepared, items, submitted)
+    event_values, recipients = event_parameters(submitted, prefix="event_")
+    parameters = {**_store_parameters(prepared, items), **event_values}
     overlaps = (await connection.execute(_POSTGRES_STORE_UNLINKED, parameters)).scalar_one()
     if overlaps:
         return None

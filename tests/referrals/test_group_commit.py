@@ -16,6 +16,7 @@ from referral.audit.models import AuditEntry
 from referral.auth.principal import PartyKind, Principal
 from referral.core.appkeys import engine_key, sessionmaker_key
 from referral.feed.models import OutboxEvent
+from referral.feed.outbox import Event, EventType, emit
 from referral.referrals import service
 from referral.referrals.models import Referral, ReferralItem, ReferralLink
 from referral.referrals.routes import receipt_signer_key
@@ -180,10 +181,10 @@ async def test_a_referral_written_by_a_concurrent_transaction_is_linked_when_it_
 async def test_groups_that_find_each_others_issuers_referrals_commit_without_deadlock(
     client: TestClient[Any, Any], authority: TestParty, provider: TestParty, backend: str
 ) -> None:
-    """A group writes its submitted events with its rows and its ``referral.related`` events at commit, to
-    issuers it learnt of from the look-up. Two groups to different providers (so not ordered by the
-    de-confliction lock) that each find a referral of the other's issuer would take each other's cursor rows
-    in opposite orders, unless a group's statement also locks the cursor rows of the issuers it found."""
+    """A group that must be linked sends ``referral.related`` events to issuers it learnt of from the
+    look-up. Two such groups to different providers (so not ordered by the de-confliction lock), each finding
+    a referral of the other's issuer, would take each other's event cursor rows in opposite orders if either
+    held cursor rows before its commit (as it did when its submitted events were written with its rows)."""
     if backend != "postgresql":
         pytest.skip("concurrent writing transactions exist only on PostgreSQL (SQLite: one connection)")
     app = client.server.app
@@ -279,4 +280,45 @@ async def test_a_submission_with_nothing_to_link_is_one_statement_in_its_own_tra
     assert any(statement.startswith("SELECT pg_advisory_xact_lock") for statement in linked)
     assert sum("INSERT INTO referral_links" in statement for statement in linked) == 1
     assert await count(client, Referral) == 2
+    assert await count(client, ReferralLink) == 2
+
+
+async def test_a_group_linking_to_a_referral_being_updated_waits_for_it_without_deadlock(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty, backend: str
+) -> None:
+    """A status update holds its referral's row (``FOR UPDATE``) and takes the event cursor rows at its
+    commit; a group linking to that referral waits for the row (the link's foreign key). Had the group taken
+    the cursor rows before (its submitted events written with its rows), each would wait for the other."""
+    if backend != "postgresql":
+        pytest.skip("concurrent writing transactions exist only on PostgreSQL (SQLite: one connection)")
+    app = client.server.app
+    assert app is not None
+    url = "https://video.example.com/watch?v=busy"
+    status, body = await _post(
+        client,
+        authority,
+        sign_document(authority, referral_claims(authority, provider, items=[{"url": url}])),
+    )
+    assert status == 201
+    busy = body["referral"]["id"]
+    linking = await _prepared(app, authority, provider, url)
+
+    async def store(group: service.PreparedReferral) -> None:
+        async with app[sessionmaker_key].begin() as session:
+            await service.store_referrals(session, [group])
+
+    async with app[sessionmaker_key].begin() as session:  # as record_status does
+        await session.execute(select(Referral.id).where(Referral.id == busy).with_for_update())
+        storing = asyncio.ensure_future(store(linking))
+        await asyncio.sleep(0.5)  # the group is waiting for the referral's row
+        assert not storing.done()
+        at = datetime.now(UTC)
+        emit(
+            session,
+            [
+                Event(party, EventType.STATUS_RECORDED, at, {"probe": True}, busy)
+                for party in (authority.party_id, provider.party_id)
+            ],
+        )
+    await storing  # a deadlock would fail one of the two
     assert await count(client, ReferralLink) == 2
