@@ -34,6 +34,9 @@ CREATE FUNCTION referral_overlaps(
     open_statuses varchar[]
 ) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
+-- Planned at every call, for the table as it is: a plan cached while referral_items was small probes the URLs
+-- through the smaller (provider, hash) index and filters every item of the provider by URL.
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     lock_key integer;

@@ -115,9 +115,11 @@ _POSTGRES_STORE_UNLINKED = text(
     "CAST(:url_addressees AS varchar[]), CAST(:urls AS varchar[]), CAST(:hash_addressees AS varchar[]), "
     "CAST(:hashes AS varchar[]), CAST(:open_statuses AS varchar[])) AS overlapping), "
     f"{queued_entries_ctes(prefix='entry_', where=_NOTHING_TO_LINK)}, "
-    f"stored AS ({unnest_insert(_referrals, prefix='referral_', where=_NOTHING_TO_LINK)}), "
+    f"stored AS ({unnest_insert(_referrals, prefix='referral_', where=_NOTHING_TO_LINK)} RETURNING id), "
     f"items AS ({unnest_insert(_items, prefix='item_', where=_NOTHING_TO_LINK)}), "
-    f"{event_ctes(prefix='event_', where=_NOTHING_TO_LINK)} "
+    # The cursor rows are locked only once every referral is in (all of ``stored`` counted): an insert that
+    # waits for a concurrent transaction with the same ``jti`` must not wait while holding them.
+    f"{event_ctes(prefix='event_', where='(SELECT count(*) FROM stored) > 0')} "
     "SELECT overlapping FROM checked"
 )
 

@@ -33,7 +33,9 @@ async def _post(client: TestClient[Any, Any], party: TestParty, compact: str) ->
     return response.status, await response.json()
 
 
-async def _prepared(app: Any, party: TestParty, addressee: TestParty, url: str) -> service.PreparedReferral:
+async def _prepared(
+    app: Any, party: TestParty, addressee: TestParty, url: str, **changes: Any
+) -> service.PreparedReferral:
     """A referral of ``url`` by ``party`` to ``addressee``, prepared as a submission would be (not stored)."""
     principal = Principal(
         party_id=party.party_id,
@@ -45,7 +47,7 @@ async def _prepared(app: Any, party: TestParty, addressee: TestParty, url: str) 
     return await service.prepare_referral(
         app[sessionmaker_key],
         principal=principal,
-        compact=sign_document(party, referral_claims(party, addressee, items=[{"url": url}])),
+        compact=sign_document(party, referral_claims(party, addressee, items=[{"url": url}], **changes)),
         received_at=datetime.now(UTC),
         receipts=app[receipt_signer_key],
         request_id="prepared",
@@ -322,3 +324,27 @@ async def test_a_group_linking_to_a_referral_being_updated_waits_for_it_without_
         )
     await storing  # a deadlock would fail one of the two
     assert await count(client, ReferralLink) == 2
+
+
+async def test_a_jti_reused_for_another_provider_while_its_first_use_commits_answers_conflict(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty, backend: str
+) -> None:
+    """The one-statement path inserts the referrals before it takes any event cursor row: an insert that
+    waits for a concurrent transaction with the same ``jti`` (to another provider, so not ordered by the
+    de-confliction lock) must not hold the issuer's cursor row, which that transaction takes at its commit."""
+    if backend != "postgresql":
+        pytest.skip("concurrent writing transactions exist only on PostgreSQL (SQLite: one connection)")
+    app = client.server.app
+    assert app is not None
+    other_provider = await make_party(client, kind="provider", country="NL")
+    jti = "reused-while-committing"
+    first = await _prepared(app, authority, provider, "https://video.example.com/watch?v=first", jti=jti)
+    again = referral_claims(authority, other_provider, items=[{"url": "https://example.org/again"}], jti=jti)
+    async with app[sessionmaker_key].begin() as session:
+        await service.store_referrals(session, [first])  # its events are written at commit
+        racing = asyncio.ensure_future(_post(client, authority, sign_document(authority, again)))
+        await asyncio.sleep(0.5)  # the second waits for the first's jti
+        assert not racing.done()
+    status, body = await racing  # a deadlock would fail one of the two
+    assert status == 409, body
+    assert await count(client, Referral) == 1
