@@ -66,10 +66,16 @@ _OPEN_STATUSES = [status.value for status in lifecycle.OPEN_STATUSES]
 # takes a transaction-scoped advisory lock per addressee, in the order of the lock keys (never in a cycle,
 # even when two addressees' keys collide); its look-up then sees every earlier referral to those providers as
 # committed. (The two-key lock space is apart from the sequencer's single-key lock.)
+#
+# The same statement has the rest of the transaction planned at every execution (``plan_cache_mode``, local
+# to the transaction): a plan of the store statement cached while referral_items was small would probe URLs
+# through the smaller (provider, hash) index and filter every item of the provider, as ``referral_overlaps``
+# (migration 0009) did before it was planned at every call.
 _LOCK_ADDRESSEES = text(
     "SELECT pg_advisory_xact_lock(:namespace, key) "
     "FROM (SELECT DISTINCT hashtext(addressee) AS key "
-    "FROM unnest(CAST(:addressees AS varchar[])) AS addressee) AS locked ORDER BY key"
+    "FROM unnest(CAST(:addressees AS varchar[])) AS addressee) AS locked, "
+    "(SELECT set_config('plan_cache_mode', 'force_custom_plan', true)) AS planned ORDER BY key"
 )
 _DECONFLICTION_LOCK_NAMESPACE = 0x7266_6463  # "rfdc"
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referral.audit.models import AuditEntry
@@ -348,3 +348,22 @@ async def test_a_jti_reused_for_another_provider_while_its_first_use_commits_ans
     status, body = await racing  # a deadlock would fail one of the two
     assert status == 409, body
     assert await count(client, Referral) == 1
+
+
+async def test_a_transaction_that_stores_referrals_plans_its_statements_at_every_execution(
+    client: TestClient[Any, Any], backend: str
+) -> None:
+    """The de-confliction lock statement also makes the rest of its transaction (only) planned at every
+    execution, so no plan cached while the tables were small is used for the store statement."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has no plan cache to speak of")
+    app = client.server.app
+    assert app is not None
+    async with app[sessionmaker_key].begin() as session:
+        await session.execute(
+            service._LOCK_ADDRESSEES,
+            {"namespace": 1, "addressees": ["b", "a"]},
+        )
+        assert (await session.execute(text("SHOW plan_cache_mode"))).scalar_one() == "force_custom_plan"
+    async with app[sessionmaker_key].begin() as session:
+        assert (await session.execute(text("SHOW plan_cache_mode"))).scalar_one() == "auto"
