@@ -106,15 +106,8 @@ def event_ctes(*, prefix: str, where: str | None = None) -> str:
 
 
 def event_parameters(events: Iterable[Event], *, prefix: str) -> tuple[dict[str, Any], set[str]]:
-    """The parameters of ``event_ctes`` for ``events`` (in the order they happened), and their recipients
-    (for ``written``)."""
-    by_recipient = _by_recipient(events)
-    parties = sorted(by_recipient)
-    rows = [
-        (party_id, len(by_recipient[party_id]) - 1 - offset, queued)
-        for party_id in parties
-        for offset, queued in enumerate(by_recipient[party_id])
-    ]
+    """The parameters of ``event_ctes`` for ``events`` (in the order they happened), and their recipients."""
+    counts, rows = _in_cursor_order(events)
     # An event's data is often one dict shared by its recipients (both parties of a case, the signed
     # document inside): serialise each once.
     serialised: dict[int, str] = {}
@@ -122,8 +115,8 @@ def event_parameters(events: Iterable[Event], *, prefix: str) -> tuple[dict[str,
         if id(queued.data) not in serialised:
             serialised[id(queued.data)] = json.dumps(queued.data)
     parameters = {
-        f"{prefix}party": parties,
-        f"{prefix}count": [len(by_recipient[party_id]) for party_id in parties],
+        f"{prefix}party": list(counts),
+        f"{prefix}count": list(counts.values()),
         f"{prefix}channel": CHANNEL,
         f"{prefix}id": [new_id() for _ in rows],
         f"{prefix}recipient": [party_id for party_id, _back, _queued in rows],
@@ -133,20 +126,27 @@ def event_parameters(events: Iterable[Event], *, prefix: str) -> tuple[dict[str,
         f"{prefix}created_at": [queued.created_at for _party_id, _back, queued in rows],
         f"{prefix}data": [serialised[id(queued.data)] for _party_id, _back, queued in rows],
     }
-    return parameters, set(parties)
+    return parameters, set(counts)
 
 
-def written(session: AsyncSession | Session, recipients: Iterable[str]) -> None:
-    """Events for ``recipients`` were written by the caller's own statement (``event_ctes``): wake the
-    feed readers waiting in this process once the transaction commits, as for emitted events."""
-    session.info.setdefault(WAKE_KEY, set()).update(recipients)
-
-
-def _by_recipient(events: Iterable[Event]) -> dict[str, list[Event]]:
+def _in_cursor_order(events: Iterable[Event]) -> tuple[dict[str, int], list[tuple[str, int, Event]]]:
+    """The recipients in sorted order (the order their cursor rows are locked in) with their number of
+    events, and every event as ``(recipient, back, event)``: ``back`` is how many of the recipient's events
+    follow it, so its cursor is the recipient's new last cursor minus ``back``."""
     by_recipient: dict[str, list[Event]] = {}
     for queued in events:
         by_recipient.setdefault(queued.recipient_id, []).append(queued)
-    return by_recipient
+    parties = sorted(by_recipient)
+    rows = [
+        (party_id, len(by_recipient[party_id]) - 1 - offset, queued)
+        for party_id in parties
+        for offset, queued in enumerate(by_recipient[party_id])
+    ]
+    return {party_id: len(by_recipient[party_id]) for party_id in parties}, rows
+
+
+def _wake_after_commit(session: AsyncSession | Session, recipients: Iterable[str]) -> None:
+    session.info.setdefault(WAKE_KEY, set()).update(recipients)
 
 
 _POSTGRES_WRITE = text(f"WITH {event_ctes(prefix='event_')} SELECT count(*) FROM event_advanced")  # noqa: S608
@@ -175,30 +175,28 @@ def _write_pending(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         parameters, recipients = event_parameters(pending, prefix="event_")
         session.execute(_POSTGRES_WRITE, parameters)
-        written(session, recipients)
+        _wake_after_commit(session, recipients)
         return
-    by_recipient = _by_recipient(pending)
-    parties = sorted(by_recipient)
+    counts, events = _in_cursor_order(pending)
     params: dict[str, Any] = {}
-    for n, party_id in enumerate(parties):
+    for n, (party_id, count) in enumerate(counts.items()):
         params[f"party_{n}"] = party_id
-        params[f"count_{n}"] = len(by_recipient[party_id])
-    last_cursors = {row[0]: int(row[1]) for row in session.execute(_upsert_statement(len(parties)), params)}
+        params[f"count_{n}"] = count
+    last_cursors = {row[0]: int(row[1]) for row in session.execute(_upsert_statement(len(counts)), params)}
     rows: list[dict[str, Any]] = [
         {
             "id": new_id(),
             "recipient_id": party_id,
-            "cursor": last_cursors[party_id] - (len(by_recipient[party_id]) - 1 - offset),
+            "cursor": last_cursors[party_id] - back,
             "type": queued.type.value,
             "referral_id": queued.referral_id,
             "created_at": queued.created_at,
             "data": queued.data,
         }
-        for party_id in parties
-        for offset, queued in enumerate(by_recipient[party_id])
+        for party_id, back, queued in events
     ]
     session.execute(_INSERT_EVENTS, rows)
-    written(session, parties)
+    _wake_after_commit(session, counts)
 
 
 @event.listens_for(Session, "after_commit")
