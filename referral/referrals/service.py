@@ -62,71 +62,49 @@ _INSERT_STATUS = insert(_statuses)
 _OPEN_STATUSES = [status.value for status in lifecycle.OPEN_STATUSES]
 
 # PostgreSQL: de-confliction looks for open referrals to the same providers, which a concurrent transaction
-# (another group, a batch, another process) may be writing. So each transaction that stores referrals first
-# takes a transaction-scoped advisory lock per addressee, in the order of the lock keys (never in a cycle,
-# even when two addressees' keys collide); its look-up then sees every earlier referral to those providers as
-# committed. (The two-key lock space is apart from the sequencer's single-key lock.)
-#
-# The same statement has the rest of the transaction planned at every execution (``plan_cache_mode``, local
-# to the transaction): a plan of the store statement cached while referral_items was small would probe URLs
-# through the smaller (provider, hash) index and filter every item of the provider, as ``referral_overlaps``
-# (migration 0009) did before it was planned at every call.
-_LOCK_ADDRESSEES = text(
-    "SELECT pg_advisory_xact_lock(:namespace, key) "
-    "FROM (SELECT DISTINCT hashtext(addressee) AS key "
-    "FROM unnest(CAST(:addressees AS varchar[])) AS addressee) AS locked, "
-    "(SELECT set_config('plan_cache_mode', 'force_custom_plan', true)) AS planned ORDER BY key"
-)
+# (another group, a batch, another process) may be writing. ``referral_overlaps`` (migration 0009) takes a
+# transaction-scoped advisory lock per addressee, in the order of the lock keys (never in a cycle), and then
+# returns the items of open referrals covering one of the group's (addressee, URL) or (addressee, hash) pairs.
+# It is a volatile function, so its look-up takes a snapshot once the locks are held: it sees every earlier
+# referral to those providers as committed, including one committed while this transaction waited.
 _DECONFLICTION_LOCK_NAMESPACE = 0x7266_6463  # "rfdc"
-
-# De-confliction, pair by pair: the items of one (addressee, URL) or (addressee, hash) pair, an index probe
-# each. ``OFFSET 0`` keeps the planner from turning the probes into a join that reads the whole table, which
-# it does when its statistics are older than the table (a plan prepared while referral_items was small).
-_PAIR_PROBE = (
-    "SELECT found.* FROM unnest(CAST(:{pairs}_addressees AS varchar[]), CAST(:{values} AS varchar[])) "
-    "AS pair(addressee_id, value) CROSS JOIN LATERAL ("
-    "SELECT referral_id, addressee_id, url, content_sha256 FROM referral_items "
-    "WHERE referral_items.addressee_id = pair.addressee_id AND referral_items.{column} = pair.value "
-    "OFFSET 0) AS found"
+_OVERLAPS = (
+    "SELECT * FROM referral_overlaps(:namespace, CAST(:addressees AS varchar[]), "
+    "CAST(:url_addressees AS varchar[]), CAST(:urls AS varchar[]), CAST(:hash_addressees AS varchar[]), "
+    "CAST(:hashes AS varchar[]), CAST(:open_statuses AS varchar[]))"
 )
+# Every write of the statements below waits for ``found`` (the CTE is computed before the first row is
+# written), so the look-up never sees the group's own rows.
+_AFTER_LOOKUP = "(SELECT count(*) FROM found) >= 0"
 
-# PostgreSQL: a group of new referrals to be linked in one statement. Data-modifying CTEs write the audit
+# PostgreSQL: a group of new referrals to be linked, in one statement. Data-modifying CTEs write the audit
 # entries, queue them for the sequencer, and write the referrals and their items, each table from array
-# parameters; ``found`` is the de-confliction look-up, which sees the database as it was before the statement,
-# so only referrals stored earlier (those of the same group are matched in memory). Its events are written at
-# commit, after the links: the links' foreign keys lock the referrals linked to (``FOR KEY SHARE``), and a
-# status update holds its referral's row before it takes the event cursor rows at its commit, so a group that
-# held cursor rows while it waited for that referral would deadlock with it.
+# parameters; the statement returns what ``found`` found (the earlier documents of the same group are
+# matched in memory). Its events are written at commit, after the links: the links' foreign keys lock the
+# referrals linked to (``FOR KEY SHARE``), and a status update holds its referral's row before it takes the
+# event cursor rows at its commit, so a group that held cursor rows while it waited for that referral would
+# deadlock with it.
 _POSTGRES_STORE = text(
-    f"WITH {queued_entries_ctes(prefix='entry_')}, "  # noqa: S608 - names only; every value is bound
-    f"stored AS ({unnest_insert(_referrals, prefix='referral_')}), "
-    f"items AS ({unnest_insert(_items, prefix='item_')}), "
-    "found AS (SELECT item.referral_id, referral.issuer_id, item.addressee_id, item.url, item.content_sha256 "
-    f"FROM ({_PAIR_PROBE.format(column='url', pairs='url', values='urls')} "
-    f"UNION {_PAIR_PROBE.format(column='content_sha256', pairs='hash', values='hashes')}) AS item "
-    "JOIN referrals AS referral ON referral.id = item.referral_id "
-    "WHERE referral.status = ANY(CAST(:open_statuses AS varchar[]))) "
+    f"WITH found AS ({_OVERLAPS}), "  # noqa: S608 - names only; every value is bound
+    f"{queued_entries_ctes(prefix='entry_', where=_AFTER_LOOKUP)}, "
+    f"stored AS ({unnest_insert(_referrals, prefix='referral_', where=_AFTER_LOOKUP)}), "
+    f"items AS ({unnest_insert(_items, prefix='item_', where=_AFTER_LOOKUP)}) "
     "SELECT * FROM found"
 )
 
-
-# PostgreSQL: a group with nothing to link, in one statement and its own implicit transaction (autocommit).
-# ``referral_overlaps`` (migration 0009) takes the de-confliction locks and looks, with a snapshot taken once
-# they are held, for open referrals the group would have to be linked to; only if there are none does the
-# statement write the group (every write waits for ``checked``). Otherwise it writes nothing and the group
-# is stored by ``store_referrals`` in a transaction of its own.
-_NOTHING_TO_LINK = "(SELECT overlapping FROM checked) = 0"
+# PostgreSQL: a group with nothing to link, in one statement and its own implicit transaction (autocommit):
+# only if ``found`` is empty does the statement write the group. Otherwise it writes nothing and the group is
+# stored by ``store_referrals`` in a transaction of its own.
+_NOTHING_TO_LINK = "NOT EXISTS (SELECT 1 FROM found)"
 _POSTGRES_STORE_UNLINKED = text(
-    "WITH checked AS (SELECT referral_overlaps(:namespace, CAST(:addressees AS varchar[]), "  # noqa: S608
-    "CAST(:url_addressees AS varchar[]), CAST(:urls AS varchar[]), CAST(:hash_addressees AS varchar[]), "
-    "CAST(:hashes AS varchar[]), CAST(:open_statuses AS varchar[])) AS overlapping), "
+    f"WITH found AS ({_OVERLAPS}), "  # noqa: S608 - names only; every value is bound
     f"{queued_entries_ctes(prefix='entry_', where=_NOTHING_TO_LINK)}, "
     f"stored AS ({unnest_insert(_referrals, prefix='referral_', where=_NOTHING_TO_LINK)} RETURNING id), "
     f"items AS ({unnest_insert(_items, prefix='item_', where=_NOTHING_TO_LINK)}), "
     # The cursor rows are locked only once every referral is in (all of ``stored`` counted): an insert that
     # waits for a concurrent transaction with the same ``jti`` must not wait while holding them.
     f"{event_ctes(prefix='event_', where='(SELECT count(*) FROM stored) > 0')} "
-    "SELECT overlapping FROM checked"
+    "SELECT count(*) FROM found"
 )
 
 _DELIVERED_ACTION = f"referral.{Status.DELIVERED.value}"
@@ -543,9 +521,7 @@ async def store_referrals(session: AsyncSession, prepared: Sequence[PreparedRefe
     referrals = [NewReferral(**one.values) for one in prepared]
     submitted = [event for new in referrals for event in events.submitted(new, new.received_at)]
     if session.get_bind().dialect.name == "postgresql":
-        parameters = _store_parameters(prepared, items)
-        await session.execute(_LOCK_ADDRESSEES, parameters)
-        found = await session.execute(_POSTGRES_STORE, parameters)
+        found = await session.execute(_POSTGRES_STORE, _store_parameters(prepared, items))
         stored_items = [(str(row[0]), str(row[1]), str(row[2]), row[3], row[4]) for row in found]
     else:
         stored_items = await _stored_overlaps(session, prepared)

@@ -247,8 +247,8 @@ async def test_a_submission_with_nothing_to_link_is_one_statement_in_its_own_tra
     client: TestClient[Any, Any], authority: TestParty, provider: TestParty, backend: str
 ) -> None:
     """PostgreSQL: the de-confliction locks, the look-up, the rows, the audit entry and the events of a group
-    with nothing to link are one statement (in autocommit mode), with no lock statement before it, so the
-    locks are held only while PostgreSQL runs it. One that must be linked takes a transaction."""
+    with nothing to link are one statement (in autocommit mode), so the locks are held only while PostgreSQL
+    runs it. One that must be linked takes a transaction, whose events are written at commit."""
     if backend != "postgresql":
         pytest.skip("SQLite stores every group in a transaction (one writer, no locks to shorten)")
     app = client.server.app
@@ -274,13 +274,22 @@ async def test_a_submission_with_nothing_to_link_is_one_statement_in_its_own_tra
         linked = list(statements)
     finally:
         event.remove(engine, "before_cursor_execute", record)
-    writes = [statement for statement in alone if "INSERT INTO referrals" in statement]
+    # Alone: one statement writes the referral and its events, after the look-up (which takes the locks).
+    writes = [statement for statement in alone if "INSERT INTO" in statement]
     assert len(writes) == 1
-    assert writes[0].startswith("WITH checked AS (SELECT referral_overlaps(")
-    assert not any("pg_advisory_xact_lock" in statement for statement in alone)
-    # The second covers the same URL: nothing written by the first try, then a transaction with the lock.
-    assert any(statement.startswith("SELECT pg_advisory_xact_lock") for statement in linked)
+    assert writes[0].startswith("WITH found AS (SELECT * FROM referral_overlaps(")
+    assert "INSERT INTO referrals" in writes[0]
+    assert "INSERT INTO outbox_events" in writes[0]
+    # The second covers the same URL: that statement writes nothing, then a transaction stores and links
+    # it, its events written at commit by a statement of their own.
+    stores = [statement for statement in linked if "INSERT INTO referrals" in statement]
+    assert len(stores) == 2
+    assert all(
+        statement.startswith("WITH found AS (SELECT * FROM referral_overlaps(") for statement in stores
+    )
+    assert "INSERT INTO outbox_events" not in stores[1]
     assert sum("INSERT INTO referral_links" in statement for statement in linked) == 1
+    assert sum("INSERT INTO outbox_events" in statement for statement in linked) == 2
     assert await count(client, Referral) == 2
     assert await count(client, ReferralLink) == 2
 
@@ -350,20 +359,18 @@ async def test_a_jti_reused_for_another_provider_while_its_first_use_commits_ans
     assert await count(client, Referral) == 1
 
 
-async def test_a_transaction_that_stores_referrals_plans_its_statements_at_every_execution(
+async def test_the_de_confliction_look_up_is_planned_at_every_call(
     client: TestClient[Any, Any], backend: str
 ) -> None:
-    """The de-confliction lock statement also makes the rest of its transaction (only) planned at every
-    execution, so no plan cached while the tables were small is used for the store statement."""
+    """``referral_overlaps`` is planned for the table as it is at each call, never from a plan cached while
+    referral_items was small (that plan probed URLs through the hash index, reading all of a provider's
+    items)."""
     if backend != "postgresql":
         pytest.skip("SQLite has no plan cache to speak of")
     app = client.server.app
     assert app is not None
-    async with app[sessionmaker_key].begin() as session:
-        await session.execute(
-            service._LOCK_ADDRESSEES,
-            {"namespace": 1, "addressees": ["b", "a"]},
+    async with app[sessionmaker_key]() as session:
+        config = await session.execute(
+            text("SELECT proconfig FROM pg_proc WHERE proname = 'referral_overlaps'")
         )
-        assert (await session.execute(text("SHOW plan_cache_mode"))).scalar_one() == "force_custom_plan"
-    async with app[sessionmaker_key].begin() as session:
-        assert (await session.execute(text("SHOW plan_cache_mode"))).scalar_one() == "auto"
+        assert config.scalar_one() == ["plan_cache_mode=force_custom_plan"]
