@@ -12,14 +12,20 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import JSON, Table
+from sqlalchemy import JSON, String, Table
 from sqlalchemy.dialects import postgresql
 
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
 def _array_type(column: Any) -> str:
-    return f"{column.type.compile(dialect=_DIALECT)}[]"
+    """The array type a column's values are cast to: a string column's without its length, since an explicit
+    ``CAST(... AS VARCHAR(n)[])`` cuts a longer value short without a word, while the INSERT's assignment
+    to the ``VARCHAR(n)`` column refuses it (a value is stored whole or not at all)."""
+    column_type = column.type
+    if isinstance(column_type, String) and column_type.length is not None:
+        column_type = String()
+    return f"{column_type.compile(dialect=_DIALECT)}[]"
 
 
 def unnest_insert(table: Table, *, prefix: str, where: str | None = None) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 
 _RANDOM_BITS = 74  # rand_a (12) and rand_b (62)
 _lock = threading.Lock()
@@ -37,4 +36,6 @@ def new_id() -> str:
     unix_ms, random = _next()
     rand_a, rand_b = random >> 62, random & 0x3FFF_FFFF_FFFF_FFFF
     value = (unix_ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
-    return str(uuid.UUID(int=value))
+    # str(uuid.UUID(int=value)), without building the UUID object (a third of the cost of an id).
+    digits = f"{value:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
