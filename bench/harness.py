@@ -762,7 +762,9 @@ def feed_phase(
     result = run_load(
         run,
         service,
-        {"mode": "feed", "rate": rate, "connections": 8, "warmup": 0,
+        # As many connections as the half-rate phase: an open loop whose connections are all waiting holds
+        # back the submissions it was meant to send, and measures its own queue instead of the service.
+        {"mode": "feed", "rate": rate, "connections": max(profile.concurrencies), "warmup": 0,
          "duration": profile.feed_duration, "reader_token": reader.token, "after": str(after)},
         single_requests(documents, port, count, provider=reader),
     )  # fmt: skip
