@@ -1,25 +1,28 @@
 """The referral clock: deadlines that pass without a decision, preservations about to lapse, and lapsed ones.
 
 Runs in the background (in-process by default, or in ``referral worker``). Each sweep is one transaction per
-kind; on PostgreSQL the rows are taken with ``FOR UPDATE SKIP LOCKED`` so several processes can sweep at once
-without doing a row twice. Every sweep is idempotent: the marks on the referral (``overdue_notified_at``,
-``expiry_warned_until``, the ``expired`` status) make a repeated sweep find nothing to do.
+kind, of up to ``SWEEP_BATCH`` referrals and a few statements however many it takes (their audit entries,
+history rows and marks each written for the whole batch); on PostgreSQL the rows are taken with
+``FOR UPDATE SKIP LOCKED`` so several processes can sweep at once without doing a row twice. Every sweep is
+idempotent: the marks on the referral (``overdue_notified_at``, ``expiry_warned_until``, the ``expired``
+status) make a repeated sweep find nothing to do.
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
-from sqlalchemy import or_, select, update
+from sqlalchemy import Table, or_, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
-from referral.audit.service import append_entry
+from referral.audit.service import append_entries
 from referral.core.appkeys import sessionmaker_key, settings_key
 from referral.core.background import background_task, pause
 from referral.core.timeutil import utcnow
@@ -27,12 +30,25 @@ from referral.feed.outbox import emit
 from referral.referrals import events
 from referral.referrals.documents import DocumentType, Status
 from referral.referrals.models import Referral
-from referral.referrals.service import overdue_condition, record_server_status
+from referral.referrals.service import overdue_condition, record_server_statuses
 
 log = structlog.get_logger("referral.referrals.clock")
 
 PRESERVING = (Status.PRESERVED.value, Status.PRESERVATION_EXTENDED.value)
 SWEEP_BATCH = 500
+
+
+_referrals = cast(Table, Referral.__table__)
+
+
+def _claimed(ids: list[str], *conditions: Any) -> Any:
+    """``UPDATE referrals`` of the claimed rows that still meet the sweep's conditions, returning their ids.
+
+    On PostgreSQL the claimed rows are locked, so they all do. On SQLite the claim takes no lock, and
+    another process (the API beside ``referral worker``) may have decided, extended or released one before
+    this update took the write lock: such a row is left alone, and nothing is written or sent for it.
+    """
+    return update(_referrals).where(_referrals.c.id.in_(ids), *conditions).returning(_referrals.c.id)
 
 
 async def _claim(session: AsyncSession, query: Any) -> list[Referral]:
@@ -50,74 +66,94 @@ def _preserving() -> Any:
     )
 
 
+def _expiring(now: datetime, warning: timedelta) -> Any:
+    return (
+        *_preserving(),
+        Referral.preserved_until > now,
+        Referral.preserved_until <= now + warning,
+        or_(
+            Referral.expiry_warned_until.is_(None),
+            Referral.expiry_warned_until != Referral.preserved_until,
+        ),
+    )
+
+
+async def _mark(session: AsyncSession, claimed: list[Referral], statement: Any) -> list[Referral]:
+    """Run a sweep's one ``UPDATE`` of its claimed rows; the referrals it updated, in claim order."""
+    marked = set((await session.execute(statement)).scalars())
+    return [referral for referral in claimed if referral.id in marked]
+
+
+def _written(referrals: list[Referral], **values: Any) -> None:
+    """What the sweep's statement wrote, set on the referrals as loaded (no flush writes it again)."""
+    for referral in referrals:
+        for name, value in values.items():
+            set_committed_value(referral, name, value)
+
+
 async def flag_overdue(session: AsyncSession, *, now: datetime) -> int:
     """Emit ``referral.overdue`` (and audit it) once for each referral whose deadline passed undecided."""
-    lapsed = await _claim(
+    conditions = (overdue_condition(now), Referral.overdue_notified_at.is_(None))
+    claimed = await _claim(session, select(Referral).where(*conditions).order_by(Referral.deadline))
+    if not claimed:
+        return 0
+    ids = [referral.id for referral in claimed]
+    lapsed = await _mark(session, claimed, _claimed(ids, *conditions).values(overdue_notified_at=now))
+    _written(lapsed, overdue_notified_at=now)
+    await append_entries(
         session,
-        select(Referral)
-        .where(overdue_condition(now), Referral.overdue_notified_at.is_(None))
-        .order_by(Referral.deadline),
+        [
+            {
+                "action": "referral.overdue",
+                "subject_type": "referral",
+                "subject_id": referral.id,
+                "request_id": None,
+                "visible_to": [referral.issuer_id, referral.addressee_id],
+            }
+            for referral in lapsed
+        ],
     )
     for referral in lapsed:
-        await append_entry(
-            session,
-            action="referral.overdue",
-            subject_type="referral",
-            subject_id=referral.id,
-            request_id=None,
-            visible_to=[referral.issuer_id, referral.addressee_id],
-        )
-        await session.execute(
-            update(Referral).where(Referral.id == referral.id).values(overdue_notified_at=now)
-        )
         emit(session, events.overdue(referral, now))
     return len(lapsed)
 
 
 async def warn_expiring(session: AsyncSession, *, now: datetime, warning: timedelta) -> int:
     """Emit ``preservation.expiring`` once per ``preserved_until`` that falls within ``warning`` of now."""
-    expiring = await _claim(
-        session,
-        select(Referral)
-        .where(
-            *_preserving(),
-            Referral.preserved_until > now,
-            Referral.preserved_until <= now + warning,
-            or_(
-                Referral.expiry_warned_until.is_(None),
-                Referral.expiry_warned_until != Referral.preserved_until,
-            ),
-        )
-        .order_by(Referral.preserved_until),
+    conditions = _expiring(now, warning)
+    claimed = await _claim(session, select(Referral).where(*conditions).order_by(Referral.preserved_until))
+    if not claimed:
+        return 0
+    ids = [referral.id for referral in claimed]
+    # Marked with the preserved_until it is warned of, as stored when marked (and so said in the event).
+    statement = (
+        _claimed(ids, *conditions)
+        .values(expiry_warned_until=_referrals.c.preserved_until)
+        .returning(_referrals.c.preserved_until)
     )
+    warned: dict[str, datetime] = {row[0]: row[1] for row in await session.execute(statement)}
+    expiring = [referral for referral in claimed if referral.id in warned]
     for referral in expiring:
-        await session.execute(
-            update(Referral)
-            .where(Referral.id == referral.id)
-            .values(expiry_warned_until=referral.preserved_until)
-        )
+        _written([referral], preserved_until=warned[referral.id], expiry_warned_until=warned[referral.id])
         emit(session, events.preservation_expiring(referral, now))
     return len(expiring)
 
 
 async def expire_preservations(session: AsyncSession, *, now: datetime) -> int:
     """Mark up to one batch of lapsed preservations ``expired``; returns how many."""
-    lapsed = await _claim(
-        session,
-        select(Referral)
-        .where(*_preserving(), Referral.preserved_until <= now)
-        .order_by(Referral.preserved_until),
+    conditions = (*_preserving(), Referral.preserved_until <= now)
+    claimed = await _claim(session, select(Referral).where(*conditions).order_by(Referral.preserved_until))
+    if not claimed:
+        return 0
+    ids = [referral.id for referral in claimed]
+    statement = _claimed(ids, *conditions).values(status=Status.EXPIRED.value, closed_at=now, updated_at=now)
+    lapsed = await _mark(session, claimed, statement)
+    # The history rows name the status each referral had (read with the claim, still one of PRESERVING).
+    statuses = await record_server_statuses(
+        session, referrals=lapsed, status=Status.EXPIRED, at=now, request_id=None
     )
-    for referral in lapsed:
-        status = await record_server_status(
-            session, referral=referral, status=Status.EXPIRED, at=now, request_id=None
-        )
-        await session.execute(
-            update(Referral)
-            .where(Referral.id == referral.id)
-            .values(status=Status.EXPIRED.value, closed_at=now, updated_at=now)
-        )
-        referral.status, referral.closed_at, referral.updated_at = Status.EXPIRED.value, now, now
+    _written(lapsed, status=Status.EXPIRED.value, closed_at=now, updated_at=now)
+    for referral, status in zip(lapsed, statuses, strict=True):
         emit(session, events.preservation_expired(referral, status, now))
     return len(lapsed)
 

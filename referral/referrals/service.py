@@ -702,21 +702,36 @@ async def get_visible(
     return referral
 
 
-async def record_server_status(
-    session: AsyncSession, *, referral: Referral, status: Status, at: datetime, request_id: str | None
-) -> ReferralStatus:
-    """Record a status the service sets itself (delivered, expired) in the history and the audit log."""
-    entry = await append_entry(
-        session,
-        action=f"referral.{status.value}",
-        subject_type="referral",
-        subject_id=referral.id,
-        request_id=request_id,
-        visible_to=[referral.issuer_id, referral.addressee_id],
-    )
-    values = _server_status_row(referral, status, at=at, audit_entry_id=entry.id)
-    await session.execute(_INSERT_STATUS, values)
-    return ReferralStatus(**values)
+async def record_server_statuses(
+    session: AsyncSession,
+    *,
+    referrals: Sequence[Referral],
+    status: Status,
+    at: datetime,
+    request_id: str | None,
+) -> list[ReferralStatus]:
+    """Record a status the service sets itself (expired) for each of ``referrals``, in the history and the
+    audit log: three statements however many there are (their entries, the entries' queue rows, the history
+    rows). The referrals' own rows are the caller's to update."""
+    if not referrals:
+        return []
+    entries = [
+        new_entry_row(
+            action=f"referral.{status.value}",
+            subject_type="referral",
+            subject_id=referral.id,
+            request_id=request_id,
+            visible_to=[referral.issuer_id, referral.addressee_id],
+        )
+        for referral in referrals
+    ]
+    await write_entry_rows(session, entries)
+    rows = [
+        _server_status_row(referral, status, at=at, audit_entry_id=entry["id"])
+        for referral, entry in zip(referrals, entries, strict=True)
+    ]
+    await session.execute(_INSERT_STATUS, rows)
+    return [ReferralStatus(**row) for row in rows]
 
 
 def _server_status_row(

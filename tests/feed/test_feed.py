@@ -19,6 +19,7 @@ from referral.config import Settings
 from referral.core.appkeys import sessionmaker_key
 from referral.core.timeutil import utcnow
 from referral.feed.models import EventCursor, OutboxEvent
+from referral.referrals import clock
 from referral.referrals.clock import expire_preservations, flag_overdue, warn_expiring
 from referral.referrals.models import Referral, ReferralStatus
 from tests.auth.factories import TestParty, bearer, make_party
@@ -181,22 +182,28 @@ async def test_racing_feed_reads_deliver_each_referral_once_and_audit_every_read
 
 
 @contextlib.contextmanager
-def referral_row_writes(client: TestClient[Any, Any]) -> Iterator[list[str]]:
-    """The statements that write ``referrals`` rows while the block runs."""
+def statements(client: TestClient[Any, Any], containing: str = "") -> Iterator[list[str]]:
+    """The statements (``containing`` some text) sent to the database while the block runs; an executemany
+    counts once."""
     app = client.server.app
     assert app is not None
     engine = app[sessionmaker_key].kw["bind"].sync_engine
-    writes: list[str] = []
+    sent: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if "UPDATE referrals" in statement:
-            writes.append(statement)
+        if containing in statement:
+            sent.append(" ".join(statement.split()))
 
     event.listen(engine, "before_cursor_execute", record)
     try:
-        yield writes
+        yield sent
     finally:
         event.remove(engine, "before_cursor_execute", record)
+
+
+def referral_row_writes(client: TestClient[Any, Any]) -> contextlib.AbstractContextManager[list[str]]:
+    """The statements that write ``referrals`` rows while the block runs."""
+    return statements(client, "UPDATE referrals")
 
 
 async def test_a_delivery_writes_each_referral_row_once(
@@ -396,6 +403,120 @@ async def test_the_clock_emits_overdue_expiring_and_expired(
     assert provider_types.count("referral.overdue") == 1
     assert provider_types.count("preservation.expiring") == 1
     assert provider_types.count("preservation.expired") == 1
+
+
+async def test_a_clock_sweep_writes_each_table_once_however_many_referrals_it_takes(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    """A backlog (a restored database, a service that was down) is swept in batches of statements: one
+    per table, not one or two per referral (a sweep of 500 took seconds of the API process's CPU)."""
+    app = client.server.app
+    assert app is not None
+    orders = [await submitted_id(client, authority, provider) for _ in range(5)]
+    preservations = [
+        await submitted_id(client, authority, provider, kind="preservation_request") for _ in range(3)
+    ]
+    for preservation_id in preservations:
+        for status in ("acknowledged", "preserved"):
+            code, body = await post_status(
+                client, provider, preservation_id, status_claims(provider, preservation_id, status)
+            )
+            assert code == 201, body
+    sessions = app[sessionmaker_key]
+    async with sessions() as session:
+        until = list(
+            (
+                await session.execute(select(Referral.preserved_until).where(Referral.id.in_(preservations)))
+            ).scalars()
+        )
+    first, last = min(until), max(until)  # type: ignore[type-var]
+    later = max(utcnow() + timedelta(hours=2), last)
+
+    def writes(sent: list[str], table: str) -> int:
+        return sum(statement.startswith((f"INSERT INTO {table} ", f"UPDATE {table} ")) for statement in sent)
+
+    with statements(client) as sent:
+        async with sessions.begin() as session:
+            assert await flag_overdue(session, now=later) == len(orders)
+    assert [writes(sent, table) for table in ("referrals", "audit_entries", "audit_pending")] == [1, 1, 1]
+    with statements(client) as sent:
+        async with sessions.begin() as session:
+            assert await warn_expiring(session, now=first - timedelta(days=6), warning=timedelta(days=7)) == 3
+    assert writes(sent, "referrals") == 1
+    async with sessions.begin() as session:
+        assert await warn_expiring(session, now=first - timedelta(days=6), warning=timedelta(days=7)) == 0
+    with statements(client) as sent:
+        async with sessions.begin() as session:
+            assert await expire_preservations(session, now=later) == len(preservations)
+    written = ("referrals", "audit_entries", "audit_pending", "referral_statuses")
+    assert [writes(sent, table) for table in written] == [1, 1, 1, 1]
+    for sweep in (flag_overdue, expire_preservations):
+        async with sessions.begin() as session:
+            assert await sweep(session, now=later) == 0
+
+    async with sessions() as session:
+        rows = {
+            referral.id: referral
+            for referral in (
+                await session.execute(select(Referral).where(Referral.id.in_(orders + preservations)))
+            ).scalars()
+        }
+        expired = (
+            await session.execute(
+                select(ReferralStatus).where(
+                    ReferralStatus.referral_id.in_(preservations), ReferralStatus.status == "expired"
+                )
+            )
+        ).scalars()
+        history = {status.referral_id: status.previous_status for status in expired}
+        audited = (
+            await session.execute(
+                select(AuditEntry.action, func.count())
+                .group_by(AuditEntry.action)
+                .where(AuditEntry.action.in_(["referral.overdue", "referral.expired"]))
+            )
+        ).all()
+    assert all(rows[order_id].overdue_notified_at is not None for order_id in orders)
+    assert all(rows[preservation_id].status == "expired" for preservation_id in preservations)
+    assert all(rows[preservation_id].closed_at is not None for preservation_id in preservations)
+    assert all(rows[one].expiry_warned_until == rows[one].preserved_until for one in preservations)
+    assert history == dict.fromkeys(preservations, "preserved")
+    assert dict(audited) == {"referral.overdue": len(orders), "referral.expired": len(preservations)}
+    provider_types = types(await feed(client, provider, limit=500))
+    assert provider_types.count("referral.overdue") == len(orders)
+    assert provider_types.count("preservation.expiring") == len(preservations)
+    assert provider_types.count("preservation.expired") == len(preservations)
+
+
+async def test_a_referral_decided_after_the_sweep_claimed_it_is_left_alone(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite the claim takes no lock: another process may decide a removal order between the claim and
+    the sweep's update. The update re-checks the conditions, and what it did not mark gets no entry and no
+    event (here the claim is made to return a referral already decided)."""
+    app = client.server.app
+    assert app is not None
+    order_id = await submitted_id(client, authority, provider)
+    for status in ("acknowledged", "action_taken"):
+        code, body = await post_status(client, provider, order_id, status_claims(provider, order_id, status))
+        assert code == 201, body
+
+    async def stale_claim(session: Any, _query: Any) -> list[Referral]:
+        return list((await session.execute(select(Referral).where(Referral.id == order_id))).scalars())
+
+    monkeypatch.setattr(clock, "_claim", stale_claim)
+    sessions = app[sessionmaker_key]
+    async with sessions.begin() as session:
+        assert await flag_overdue(session, now=utcnow() + timedelta(hours=2)) == 0
+    async with sessions() as session:
+        referral = await session.get(Referral, order_id)
+        assert referral is not None
+        assert referral.overdue_notified_at is None
+        overdue_entries = await session.scalar(
+            select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "referral.overdue")
+        )
+    assert overdue_entries == 0
+    assert "referral.overdue" not in types(await feed(client, provider, limit=500))
 
 
 async def test_an_extended_preservation_is_warned_again(
