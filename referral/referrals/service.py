@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import Table, and_, bindparam, insert, select, text, tuple_, update
+from sqlalchemy import Table, and_, bindparam, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -604,8 +604,12 @@ StoredItem = tuple[str, str, str, str | None, str | None]
 
 
 async def _stored_overlaps(session: AsyncSession, batch: Sequence[PreparedReferral]) -> list[StoredItem]:
-    """The items of stored open referrals to the batch's addressees that cover one of its URLs or hashes
-    (for the same addressee)."""
+    """SQLite: the items of stored open referrals to the batch's addressees that cover one of its URLs or
+    hashes (for the same addressee).
+
+    Per addressee ``addressee_id = ? AND url IN (...)``, an index probe per value: SQLite uses no index for
+    a row-value ``(addressee_id, url) IN (VALUES ...)`` and read every referral instead (20 ms a look-up
+    with 50 000 referrals)."""
     keys = _overlap_keys(batch)
     columns = (
         ReferralItem.referral_id,
@@ -621,11 +625,19 @@ async def _stored_overlaps(session: AsyncSession, batch: Sequence[PreparedReferr
     ):
         if not values:
             continue
+        by_addressee: dict[str, list[str]] = {}
+        for addressee, value in zip(addressees, values, strict=True):
+            by_addressee.setdefault(addressee, []).append(value)
         rows = await session.execute(
             select(*columns)
             .join(Referral, Referral.id == ReferralItem.referral_id)
             .where(
-                tuple_(ReferralItem.addressee_id, column).in_(list(zip(addressees, values, strict=True))),
+                or_(
+                    *(
+                        and_(ReferralItem.addressee_id == addressee, column.in_(wanted))
+                        for addressee, wanted in by_addressee.items()
+                    )
+                ),
                 Referral.status.in_(_OPEN_STATUSES),
             )
         )

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from jwcrypto import jwk, jws
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from referral.audit.models import AuditEntry
 from referral.config import Settings
@@ -571,6 +571,44 @@ async def test_overlaps_are_looked_up_per_provider_by_url_and_by_content_hash(
     assert await related(elsewhere) == []
     assert await related(same_content) == [first["referral"]["id"]]
     assert await related(first) == [same_content["referral"]["id"]]
+
+
+async def test_the_sqlite_overlap_look_up_probes_the_item_indexes(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty, backend: str
+) -> None:
+    """Per addressee ``addressee_id = ? AND url IN (...)``: SQLite uses no index for a row-value ``IN
+    (VALUES ...)`` and read every referral for each look-up. (PostgreSQL's look-up is ``referral_overlaps``,
+    whose plans ``tests/referrals/test_group_commit.py`` checks.)"""
+    if backend != "sqlite":
+        pytest.skip("the look-up checked here is SQLite's")
+    app = client.server.app
+    assert app is not None
+    engine = app[sessionmaker_key].kw["bind"]
+    looked_up: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_args: Any) -> None:
+        if "FROM referral_items JOIN referrals" in statement:
+            looked_up.append((statement, parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        items = [{"url": "https://video.example.com/watch?v=1", "content_sha256": "cd" * 32}]
+        for _ in range(2):
+            status, body, _ = await submit(
+                client, authority, referral_claims(authority, provider, items=items)
+            )
+            assert status == 201, body
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    assert len(looked_up) == 4, "a URL and a content hash look-up per submission"
+    async with engine.connect() as connection:
+        for statement, parameters in looked_up:
+            plan = " / ".join(
+                str(row[3])
+                for row in await connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            )
+            assert "SCAN" not in plan, plan
+            assert "USING INDEX ix_referral_items_addressee_id_" in plan, plan
 
 
 async def test_unsupported_media_type_and_bad_json(
