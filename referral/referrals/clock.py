@@ -41,7 +41,7 @@ SWEEP_BATCH = 500
 _referrals = cast(Table, Referral.__table__)
 
 
-def _claimed(ids: list[str], *conditions: Any) -> Any:
+def _update_claimed(ids: list[str], *conditions: Any) -> Any:
     """``UPDATE referrals`` of the claimed rows that still meet the sweep's conditions, returning their ids.
 
     On PostgreSQL the claimed rows are locked, so they all do. On SQLite the claim takes no lock, and
@@ -98,7 +98,7 @@ async def flag_overdue(session: AsyncSession, *, now: datetime) -> int:
     if not claimed:
         return 0
     ids = [referral.id for referral in claimed]
-    lapsed = await _mark(session, claimed, _claimed(ids, *conditions).values(overdue_notified_at=now))
+    lapsed = await _mark(session, claimed, _update_claimed(ids, *conditions).values(overdue_notified_at=now))
     _written(lapsed, overdue_notified_at=now)
     await append_entries(
         session,
@@ -127,7 +127,7 @@ async def warn_expiring(session: AsyncSession, *, now: datetime, warning: timede
     ids = [referral.id for referral in claimed]
     # Marked with the preserved_until it is warned of, as stored when marked (and so said in the event).
     statement = (
-        _claimed(ids, *conditions)
+        _update_claimed(ids, *conditions)
         .values(expiry_warned_until=_referrals.c.preserved_until)
         .returning(_referrals.c.preserved_until)
     )
@@ -146,7 +146,9 @@ async def expire_preservations(session: AsyncSession, *, now: datetime) -> int:
     if not claimed:
         return 0
     ids = [referral.id for referral in claimed]
-    statement = _claimed(ids, *conditions).values(status=Status.EXPIRED.value, closed_at=now, updated_at=now)
+    statement = _update_claimed(ids, *conditions).values(
+        status=Status.EXPIRED.value, closed_at=now, updated_at=now
+    )
     lapsed = await _mark(session, claimed, statement)
     # The history rows name the status each referral had (read with the claim, still one of PRESERVING).
     statuses = await record_server_statuses(
