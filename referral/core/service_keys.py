@@ -145,20 +145,25 @@ def _read(path: Path) -> ServiceKeyRing:
 
 
 def load_or_create(path: Path) -> ServiceKeyRing:
-    """The key ring in ``path``, created exclusively on first start so that racing processes agree."""
+    """The key ring in ``path``. On first start the ring is written whole to a file of its own and
+    published with a hard link, which fails if another process published first: racing processes (the
+    workers of ``referral serve --workers N``) agree on one ring, and none reads a file still being written.
+    """
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        key = ServiceKey.generate(utcnow())
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.new")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
         try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
-        except FileExistsError:
-            return _read(path)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump({"keys": [key._to_record()]}, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        with contextlib.suppress(OSError):
-            os.chmod(path, KEY_FILE_MODE)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                json.dump({"keys": [ServiceKey.generate(utcnow())._to_record()]}, handle, indent=2)
+                handle.flush()
+                os.fsync(handle.fileno())
+            with contextlib.suppress(OSError):
+                os.chmod(temporary, KEY_FILE_MODE)
+            with contextlib.suppress(FileExistsError):  # another process's ring is there: use it
+                os.link(temporary, path)
+        finally:
+            temporary.unlink()
     return _read(path)
 
 
