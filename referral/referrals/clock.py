@@ -20,7 +20,6 @@ from sqlalchemy import Table, or_, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
 
 from referral.audit.service import append_entries
 from referral.core.appkeys import sessionmaker_key, settings_key
@@ -30,7 +29,7 @@ from referral.feed.outbox import emit
 from referral.referrals import events
 from referral.referrals.documents import DocumentType, Status
 from referral.referrals.models import Referral
-from referral.referrals.service import overdue_condition, record_server_statuses
+from referral.referrals.service import overdue_condition, record_server_statuses, set_loaded
 
 log = structlog.get_logger("referral.referrals.clock")
 
@@ -41,24 +40,41 @@ SWEEP_BATCH = 500
 _referrals = cast(Table, Referral.__table__)
 
 
-def _update_claimed(ids: list[str], *conditions: Any) -> Any:
-    """``UPDATE referrals`` of the claimed rows that still meet the sweep's conditions, returning their ids.
-
-    On PostgreSQL the claimed rows are locked, so they all do. On SQLite the claim takes no lock, and
-    another process (the API beside ``referral worker``) may have decided, extended or released one before
-    this update took the write lock: such a row is left alone, and nothing is written or sent for it.
-    """
-    return update(_referrals).where(_referrals.c.id.in_(ids), *conditions).returning(_referrals.c.id)
-
-
-async def _claim(session: AsyncSession, query: Any) -> list[Referral]:
-    query = query.limit(SWEEP_BATCH)
+async def _claim(session: AsyncSession, conditions: tuple[Any, ...], *, order_by: Any) -> list[Referral]:
+    """Up to a batch of the referrals that meet a sweep's conditions, locked on PostgreSQL."""
+    query = select(Referral).where(*conditions).order_by(order_by).limit(SWEEP_BATCH)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return list((await session.execute(query)).scalars())
 
 
-def _preserving() -> Any:
+async def _mark(
+    session: AsyncSession,
+    claimed: list[Referral],
+    conditions: tuple[Any, ...],
+    values: dict[str, Any],
+    *returning: Any,
+) -> list[tuple[Referral, Any]]:
+    """One ``UPDATE`` of the claimed rows that still meet the sweep's conditions: each referral it updated,
+    in claim order, with its row of ``returning`` (after the id).
+
+    On PostgreSQL the claimed rows are locked, so they all do. On SQLite the claim takes no lock, and
+    another process (the API beside ``referral worker``) may have decided, extended or released one before
+    this update took the write lock: such a row is left alone, and nothing is written or sent for it.
+    """
+    if not claimed:
+        return []
+    statement = (
+        update(_referrals)
+        .where(_referrals.c.id.in_([referral.id for referral in claimed]), *conditions)
+        .values(values)
+        .returning(_referrals.c.id, *returning)
+    )
+    marked = {row[0]: row for row in await session.execute(statement)}
+    return [(referral, marked[referral.id]) for referral in claimed if referral.id in marked]
+
+
+def _preserving() -> tuple[Any, ...]:
     return (
         Referral.type == DocumentType.PRESERVATION_REQUEST.value,
         Referral.status.in_(PRESERVING),
@@ -66,40 +82,13 @@ def _preserving() -> Any:
     )
 
 
-def _expiring(now: datetime, warning: timedelta) -> Any:
-    return (
-        *_preserving(),
-        Referral.preserved_until > now,
-        Referral.preserved_until <= now + warning,
-        or_(
-            Referral.expiry_warned_until.is_(None),
-            Referral.expiry_warned_until != Referral.preserved_until,
-        ),
-    )
-
-
-async def _mark(session: AsyncSession, claimed: list[Referral], statement: Any) -> list[Referral]:
-    """Run a sweep's one ``UPDATE`` of its claimed rows; the referrals it updated, in claim order."""
-    marked = set((await session.execute(statement)).scalars())
-    return [referral for referral in claimed if referral.id in marked]
-
-
-def _written(referrals: list[Referral], **values: Any) -> None:
-    """What the sweep's statement wrote, set on the referrals as loaded (no flush writes it again)."""
-    for referral in referrals:
-        for name, value in values.items():
-            set_committed_value(referral, name, value)
-
-
 async def flag_overdue(session: AsyncSession, *, now: datetime) -> int:
     """Emit ``referral.overdue`` (and audit it) once for each referral whose deadline passed undecided."""
     conditions = (overdue_condition(now), Referral.overdue_notified_at.is_(None))
-    claimed = await _claim(session, select(Referral).where(*conditions).order_by(Referral.deadline))
-    if not claimed:
-        return 0
-    ids = [referral.id for referral in claimed]
-    lapsed = await _mark(session, claimed, _update_claimed(ids, *conditions).values(overdue_notified_at=now))
-    _written(lapsed, overdue_notified_at=now)
+    claimed = await _claim(session, conditions, order_by=Referral.deadline)
+    lapsed = [
+        referral for referral, _ in await _mark(session, claimed, conditions, {"overdue_notified_at": now})
+    ]
     await append_entries(
         session,
         [
@@ -114,48 +103,49 @@ async def flag_overdue(session: AsyncSession, *, now: datetime) -> int:
         ],
     )
     for referral in lapsed:
+        set_loaded(referral, overdue_notified_at=now)
         emit(session, events.overdue(referral, now))
     return len(lapsed)
 
 
 async def warn_expiring(session: AsyncSession, *, now: datetime, warning: timedelta) -> int:
     """Emit ``preservation.expiring`` once per ``preserved_until`` that falls within ``warning`` of now."""
-    conditions = _expiring(now, warning)
-    claimed = await _claim(session, select(Referral).where(*conditions).order_by(Referral.preserved_until))
-    if not claimed:
-        return 0
-    ids = [referral.id for referral in claimed]
-    # Marked with the preserved_until it is warned of, as stored when marked (and so said in the event).
-    statement = (
-        _update_claimed(ids, *conditions)
-        .values(expiry_warned_until=_referrals.c.preserved_until)
-        .returning(_referrals.c.preserved_until)
+    conditions = (
+        *_preserving(),
+        Referral.preserved_until > now,
+        Referral.preserved_until <= now + warning,
+        or_(
+            Referral.expiry_warned_until.is_(None),
+            Referral.expiry_warned_until != Referral.preserved_until,
+        ),
     )
-    warned: dict[str, datetime] = {row[0]: row[1] for row in await session.execute(statement)}
-    expiring = [referral for referral in claimed if referral.id in warned]
-    for referral in expiring:
-        _written([referral], preserved_until=warned[referral.id], expiry_warned_until=warned[referral.id])
+    claimed = await _claim(session, conditions, order_by=Referral.preserved_until)
+    # Marked with the preserved_until it is warned of, as stored when marked (and so said in the event).
+    marked = await _mark(
+        session,
+        claimed,
+        conditions,
+        {"expiry_warned_until": _referrals.c.preserved_until},
+        _referrals.c.preserved_until,
+    )
+    for referral, (_id, preserved_until) in marked:
+        set_loaded(referral, preserved_until=preserved_until, expiry_warned_until=preserved_until)
         emit(session, events.preservation_expiring(referral, now))
-    return len(expiring)
+    return len(marked)
 
 
 async def expire_preservations(session: AsyncSession, *, now: datetime) -> int:
     """Mark up to one batch of lapsed preservations ``expired``; returns how many."""
     conditions = (*_preserving(), Referral.preserved_until <= now)
-    claimed = await _claim(session, select(Referral).where(*conditions).order_by(Referral.preserved_until))
-    if not claimed:
-        return 0
-    ids = [referral.id for referral in claimed]
-    statement = _update_claimed(ids, *conditions).values(
-        status=Status.EXPIRED.value, closed_at=now, updated_at=now
-    )
-    lapsed = await _mark(session, claimed, statement)
+    claimed = await _claim(session, conditions, order_by=Referral.preserved_until)
+    expired = {"status": Status.EXPIRED.value, "closed_at": now, "updated_at": now}
+    lapsed = [referral for referral, _ in await _mark(session, claimed, conditions, expired)]
     # The history rows name the status each referral had (read with the claim, still one of PRESERVING).
     statuses = await record_server_statuses(
         session, referrals=lapsed, status=Status.EXPIRED, at=now, request_id=None
     )
-    _written(lapsed, status=Status.EXPIRED.value, closed_at=now, updated_at=now)
     for referral, status in zip(lapsed, statuses, strict=True):
+        set_loaded(referral, **expired)
         emit(session, events.preservation_expired(referral, status, now))
     return len(lapsed)
 

@@ -696,7 +696,7 @@ def _update_referral(columns: tuple[str, ...]) -> Any:
     )
 
 
-def _loaded(referral: Referral, **values: Any) -> None:
+def set_loaded(referral: Referral, **values: Any) -> None:
     """Values a statement just wrote to the referral's row, set on the object as loaded, so that no flush
     writes them a second time."""
     for name, value in values.items():
@@ -863,7 +863,7 @@ async def deliver_many(
     for referral in waiting:
         if referral.id not in delivered:
             continue
-        _loaded(referral, status=Status.DELIVERED.value, delivered_at=at, updated_at=at)
+        set_loaded(referral, status=Status.DELIVERED.value, delivered_at=at, updated_at=at)
         emit(session, events.delivered(referral, ReferralStatus(**history[referral.id]), at))
 
 
@@ -1156,7 +1156,7 @@ async def record_status(
         _update_referral(tuple(changes)),
         {"referral_id": referral.id, **{f"{k}_": v for k, v in changes.items()}},
     )
-    _loaded(referral, **changes)
+    set_loaded(referral, **changes)
     status = ReferralStatus(**status_values)
     emit(session, events.status_recorded(referral, status, received_at))
     return StatusRecorded(referral, status, created=True)

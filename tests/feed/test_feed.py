@@ -501,7 +501,7 @@ async def test_a_referral_decided_after_the_sweep_claimed_it_is_left_alone(
         code, body = await post_status(client, provider, order_id, status_claims(provider, order_id, status))
         assert code == 201, body
 
-    async def stale_claim(session: Any, _query: Any) -> list[Referral]:
+    async def stale_claim(session: Any, *_args: Any, **_kwargs: Any) -> list[Referral]:
         return list((await session.execute(select(Referral).where(Referral.id == order_id))).scalars())
 
     monkeypatch.setattr(clock, "_claim", stale_claim)
