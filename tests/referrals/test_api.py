@@ -573,6 +573,53 @@ async def test_overlaps_are_looked_up_per_provider_by_url_and_by_content_hash(
     assert await related(first) == [same_content["referral"]["id"]]
 
 
+async def test_a_batch_to_several_providers_is_linked_by_each_providers_own_urls_and_hashes(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    """A batch's documents to several providers are looked up together: a URL or hash stored for one
+    provider never links a document to another provider that happens to be in the same batch."""
+    other = await make_party(client, kind="provider")
+    first_url, second_url, digest = "https://a.example/1", "https://b.example/2", "ef" * 32
+    _, to_first, _ = await submit(
+        client, authority, referral_claims(authority, provider, items=[{"url": first_url}])
+    )
+    _, to_second, _ = await submit(
+        client,
+        authority,
+        referral_claims(authority, other, items=[{"url": second_url, "content_sha256": digest}]),
+    )
+    documents = [
+        # The other provider's URL and hash, to the first provider: nothing of the first's.
+        sign_document(
+            authority,
+            referral_claims(authority, provider, items=[{"url": second_url, "content_sha256": digest}]),
+        ),
+        # The other provider's hash at a new URL, to the other provider: linked to its referral.
+        sign_document(
+            authority,
+            referral_claims(
+                authority, other, items=[{"url": "https://c.example/3", "content_sha256": digest}]
+            ),
+        ),
+        # The first provider's URL, to the first provider: linked to its referral.
+        sign_document(authority, referral_claims(authority, provider, items=[{"url": first_url}])),
+    ]
+    response = await client.post(
+        "/v1/referrals:batch", json={"documents": documents}, headers=await bearer(client, authority)
+    )
+    results = (await response.json())["results"]
+    assert [result["status"] for result in results] == [201, 201, 201]
+    headers = await bearer(client, authority)
+
+    async def related(referral_id: str) -> list[str]:
+        view = await (await client.get(f"/v1/referrals/{referral_id}", headers=headers)).json()
+        return [link["referral_id"] for link in view["related"]]
+
+    assert await related(results[0]["referral"]["id"]) == []
+    assert await related(results[1]["referral"]["id"]) == [to_second["referral"]["id"]]
+    assert await related(results[2]["referral"]["id"]) == [to_first["referral"]["id"]]
+
+
 async def test_the_sqlite_overlap_look_up_probes_the_item_indexes(
     client: TestClient[Any, Any], authority: TestParty, provider: TestParty, backend: str
 ) -> None:
