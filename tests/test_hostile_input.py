@@ -90,8 +90,10 @@ def mutations(compact: str, rng: random.Random) -> list[str]:
         chars = list(compact)
         for _flip in range(rng.randint(1, 4)):
             index = rng.randrange(len(chars))
-            chars[index] = rng.choice("AZaz09-_.=+/ \x00é")
-        variants.append("".join(chars))
+            # Another character than the one there: a "flip" to the same one left the valid document.
+            chars[index] = rng.choice([char for char in "AZaz09-_.=+/ \x00é" if char != chars[index]])
+        if (flipped := "".join(chars)) != compact:  # two flips of one place can put it back
+            variants.append(flipped)
         variants.append(compact[: rng.randrange(len(compact))])
     return variants
 
