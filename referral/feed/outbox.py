@@ -1,4 +1,5 @@
-"""Writing events: ``emit()`` queues them in the session; they are written just before its COMMIT.
+"""Writing events: ``emit()`` queues them in the session; they are written just before its COMMIT (or by the
+transaction's last statement, on PostgreSQL, when a use case takes them into it with ``take_pending``).
 
 Writing at commit time, all at once, does two things. The per-recipient cursor rows are locked for the
 shortest possible time (the COMMIT round trip), and always in the same (sorted) order, so writers never
@@ -127,6 +128,16 @@ def event_parameters(events: Iterable[Event], *, prefix: str) -> tuple[dict[str,
         f"{prefix}data": [serialised[id(queued.data)] for _party_id, _back, queued in rows],
     }
     return parameters, set(counts)
+
+
+def take_pending(session: AsyncSession, also: Iterable[Event], *, prefix: str) -> dict[str, Any]:
+    """PostgreSQL: the parameters of ``event_ctes`` for the events emitted in the session's transaction so
+    far, then ``also``, for the caller to write in the transaction's last statement; they are no longer
+    written at commit. Their recipients are woken in this process after the commit, as at commit."""
+    pending: list[Event] = session.info.pop(PENDING_KEY, None) or []
+    parameters, recipients = event_parameters([*pending, *also], prefix=prefix)
+    _wake_after_commit(session, recipients)
+    return parameters
 
 
 def _in_cursor_order(events: Iterable[Event]) -> tuple[dict[str, int], list[tuple[str, int, Event]]]:

@@ -26,7 +26,7 @@ from referral.core import errors
 from referral.core.bulk import unnest_insert, unnest_parameters
 from referral.core.ids import new_id
 from referral.core.timeutil import isoformat, isoformat_or_none
-from referral.feed.outbox import emit, event_ctes, event_parameters
+from referral.feed.outbox import Event, emit, event_ctes, event_parameters, take_pending
 from referral.parties.keys import cached_signing_key, signing_key
 from referral.parties.service import cached_party_kind, party_kind
 from referral.referrals import events, lifecycle
@@ -1070,13 +1070,15 @@ async def record_status(
     ``look_for_repeat=False`` leaves a repeated ``jti`` to the unique constraint, as in ``submit_referral``.
     """
     actor = _actor(principal)
-    referral = await get_visible(session, principal=principal, referral_id=referral_id, for_update=True)
+    # The document is verified before the referral's row is locked (and the transaction begins): what it
+    # says does not depend on the row, and the lock is then held only for the checks and the writes.
     unverified = parse_compact(compact, typ=STATUS_TYP)
     await _verified(session, document=unverified, principal=principal, at=received_at)
     try:
         document = StatusDocument.model_validate(unverified.claims)
     except ValidationError as exc:
         raise validation_problem(exc, "status") from exc
+    referral = await get_visible(session, principal=principal, referral_id=referral_id, for_update=True)
     if document.referral_id != referral.id:
         raise errors.ValidationFailed(
             "the status names another referral",
@@ -1113,10 +1115,8 @@ async def record_status(
         current = Status.DELIVERED
 
     changes = _clock_changes(referral, document, received_at)
-
     status_id = new_id()
-    entry = await append_entry(
-        session,
+    entry = new_entry_row(
         action="status.recorded",
         subject_type="referral",
         subject_id=referral.id,
@@ -1134,7 +1134,7 @@ async def record_status(
             "jws_sha256": unverified.sha256,
             "received_at": isoformat(received_at),
             "deadline": isoformat_or_none(referral.deadline),
-            "audit_entry_id": entry.id,
+            "audit_entry_id": entry["id"],
         }
     )
     status_values: dict[str, Any] = {
@@ -1148,15 +1148,72 @@ async def record_status(
         "jws_sha256": unverified.sha256,
         "document": document.model_dump(mode="json", exclude_none=True),
         "recorded_at": received_at,
-        "audit_entry_id": entry.id,
+        "audit_entry_id": entry["id"],
         "receipt": receipt,
     }
-    await session.execute(_INSERT_STATUS, status_values)
-    await session.execute(
-        _update_referral(tuple(changes)),
-        {"referral_id": referral.id, **{f"{k}_": v for k, v in changes.items()}},
-    )
-    set_loaded(referral, **changes)
     status = ReferralStatus(**status_values)
-    emit(session, events.status_recorded(referral, status, received_at))
+    # Set before the write, for the events to tell of the referral as changed; if the write fails, the
+    # transaction and this object go with it.
+    set_loaded(referral, **changes)
+    recorded = events.status_recorded(referral, status, received_at)
+    if session.get_bind().dialect.name == "postgresql":
+        await _record_status_postgres(
+            session,
+            referral_id=referral.id,
+            changes=changes,
+            entry=entry,
+            status_values=status_values,
+            recorded=recorded,
+        )
+    else:
+        await write_entry_rows(session, [entry])
+        await session.execute(_INSERT_STATUS, status_values)
+        await session.execute(
+            _update_referral(tuple(changes)),
+            {"referral_id": referral.id, **{f"{k}_": v for k, v in changes.items()}},
+        )
+        emit(session, recorded)
     return StatusRecorded(referral, status, created=True)
+
+
+@functools.cache
+def _postgres_record_status(columns: tuple[str, ...]) -> Any:
+    """PostgreSQL: a status's writes in one statement, built once per set of changed referral columns
+    (parameters ``referral_id`` and ``referral_<column>``): the referral's update, the audit entry and its
+    place in the sequencer's queue, the history row, and the events of the transaction (with their cursors
+    and NOTIFY). It is the transaction's last statement, made while the referral's row is locked, as the
+    events written at commit were before: the cursor rows are taken last, and only once the history row is
+    in (an insert that waits for a concurrent transaction with the same ``jti`` must not hold them)."""
+    # Column names only are formatted in; every value is a bound parameter.
+    assignments = ", ".join(f"{name} = :referral_{name}" for name in columns)
+    return text(
+        f"WITH changed AS (UPDATE {_referrals.name} SET {assignments} "  # noqa: S608 - names only
+        "WHERE id = :referral_id RETURNING id), "
+        f"{queued_entries_ctes(prefix='entry_')}, "
+        f"recorded AS ({unnest_insert(_statuses, prefix='status_')} RETURNING id), "
+        f"{event_ctes(prefix='event_', where='(SELECT count(*) FROM recorded) > 0')} "
+        "SELECT count(*) FROM changed"
+    )
+
+
+async def _record_status_postgres(
+    session: AsyncSession,
+    *,
+    referral_id: str,
+    changes: dict[str, Any],
+    entry: dict[str, Any],
+    status_values: dict[str, Any],
+    recorded: Sequence[Event],
+) -> None:
+    """Write a status with ``_postgres_record_status``, with the events emitted earlier in the transaction
+    (a delivery's) before its own, in the order they happened."""
+    parameters = {
+        "referral_id": referral_id,
+        **{f"referral_{name}": value for name, value in changes.items()},
+        **queued_entries_parameters([entry], prefix="entry_"),
+        **unnest_parameters(_statuses, [status_values], prefix="status_"),
+        **take_pending(session, recorded, prefix="event_"),
+    }
+    changed = (await session.execute(_postgres_record_status(tuple(changes)), parameters)).scalar_one()
+    if changed != 1:  # the row is locked by this transaction: anything else is a bug, never a silent skip
+        raise RuntimeError(f"the status update changed {changed} referral rows")

@@ -22,7 +22,7 @@ from referral.feed.models import EventCursor, OutboxEvent
 from referral.referrals import clock
 from referral.referrals.clock import expire_preservations, flag_overdue, warn_expiring
 from referral.referrals.models import Referral, ReferralStatus
-from tests.auth.factories import TestParty, bearer, make_party
+from tests.auth.factories import TestParty, bearer, make_party, sign_document
 from tests.referrals.test_api import post_status, referral_claims, status_claims, submit
 
 
@@ -223,6 +223,44 @@ async def test_a_delivery_writes_each_referral_row_once(
     assert status == 201, body
     assert body["referral"]["status"] == "acknowledged"
     assert len(writes) == 2, "the delivery and the acknowledgement's clocks, each written once"
+
+
+async def test_a_status_is_written_by_one_statement_after_its_delivery(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty, backend: str
+) -> None:
+    """Acknowledging a referral never fetched delivers it first: the authority hears of the delivery, then of
+    the acknowledgement, with consecutive cursors. On PostgreSQL the acknowledgement's writes (the referral,
+    its audit entry, the history row and the events of both) are one statement after the delivery's."""
+    referral_id = await submitted_id(client, authority, provider)
+    headers = await bearer(client, provider)
+    document = sign_document(provider, status_claims(provider, referral_id, "acknowledged"), typ="status+jws")
+    with statements(client) as sent:
+        response = await client.post(
+            f"/v1/referrals/{referral_id}/statuses", json={"jws": document}, headers=headers
+        )
+    assert response.status == 201, await response.json()
+    page = await feed(client, authority)
+    assert types(page) == ["referral.submitted", "status.recorded", "status.recorded"]
+    assert [event["data"]["status"]["status"] for event in page["events"][1:]] == [
+        "delivered",
+        "acknowledged",
+    ]
+    assert [event["data"]["referral"]["status"] for event in page["events"][1:]] == [
+        "delivered",
+        "acknowledged",
+    ]
+    assert [event["cursor"] for event in page["events"]] == ["1", "2", "3"]
+    provider_page = await feed(client, provider)
+    assert types(provider_page)[-1] == "status.recorded"
+    assert provider_page["events"][-1]["data"]["status"]["status"] == "acknowledged"
+    if backend != "postgresql":
+        return
+    writes = [statement for statement in sent if statement.startswith(("WITH", "INSERT", "UPDATE"))]
+    assert len(writes) == 2, writes
+    assert writes[0].startswith("WITH delivered AS (UPDATE referrals")
+    assert writes[1].startswith("WITH changed AS (UPDATE referrals")
+    for table in ("audit_entries", "audit_pending", "referral_statuses", "event_cursors", "outbox_events"):
+        assert f"INSERT INTO {table} " in writes[1], table
 
 
 async def test_refused_requests_write_no_events(
