@@ -1,10 +1,10 @@
 """Writing events: ``emit()`` queues them in the session; they are written just before its COMMIT (or by the
 transaction's last statement, on PostgreSQL, when a use case takes them into it with ``take_pending``).
 
-Writing at commit time, all at once, does two things. The per-recipient cursor rows are locked for the
-shortest possible time (the COMMIT round trip), and always in the same (sorted) order, so writers never
-deadlock on them. And every use case can emit from wherever it is, while only committed events are ever
-seen or delivered: a rolled-back transaction takes its events with it.
+Writing at the end, all at once, does two things. The per-recipient cursor rows are locked for the shortest
+possible time (the last statement and the COMMIT round trip), and always in the same (sorted) order, so
+writers never deadlock on them. And every use case can emit from wherever it is, while only committed events
+are ever seen or delivered: a rolled-back transaction takes its events with it.
 """
 
 from __future__ import annotations
@@ -130,14 +130,21 @@ def event_parameters(events: Iterable[Event], *, prefix: str) -> tuple[dict[str,
     return parameters, set(counts)
 
 
-def take_pending(session: AsyncSession, also: Iterable[Event], *, prefix: str) -> dict[str, Any]:
+def take_pending(
+    session: AsyncSession, also: Iterable[Event], *, prefix: str
+) -> tuple[dict[str, Any], set[str]]:
     """PostgreSQL: the parameters of ``event_ctes`` for the events emitted in the session's transaction so
-    far, then ``also``, for the caller to write in the transaction's last statement; they are no longer
-    written at commit. Their recipients are woken in this process after the commit, as at commit."""
+    far, then ``also``, and their recipients, for the caller to write in the transaction's last statement;
+    they are no longer written at commit. Once that statement has run, ``wake_after_commit`` the recipients
+    (as the commit would have)."""
     pending: list[Event] = session.info.pop(PENDING_KEY, None) or []
-    parameters, recipients = event_parameters([*pending, *also], prefix=prefix)
-    _wake_after_commit(session, recipients)
-    return parameters
+    return event_parameters([*pending, *also], prefix=prefix)
+
+
+def wake_after_commit(session: AsyncSession | Session, recipients: Iterable[str]) -> None:
+    """Wake the feed readers of ``recipients`` in this process once the session's transaction commits
+    (never, if it rolls back)."""
+    session.info.setdefault(WAKE_KEY, set()).update(recipients)
 
 
 def _in_cursor_order(events: Iterable[Event]) -> tuple[dict[str, int], list[tuple[str, int, Event]]]:
@@ -154,10 +161,6 @@ def _in_cursor_order(events: Iterable[Event]) -> tuple[dict[str, int], list[tupl
         for offset, queued in enumerate(by_recipient[party_id])
     ]
     return {party_id: len(by_recipient[party_id]) for party_id in parties}, rows
-
-
-def _wake_after_commit(session: AsyncSession | Session, recipients: Iterable[str]) -> None:
-    session.info.setdefault(WAKE_KEY, set()).update(recipients)
 
 
 _POSTGRES_WRITE = text(f"WITH {event_ctes(prefix='event_')} SELECT count(*) FROM event_advanced")  # noqa: S608
@@ -186,7 +189,7 @@ def _write_pending(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         parameters, recipients = event_parameters(pending, prefix="event_")
         session.execute(_POSTGRES_WRITE, parameters)
-        _wake_after_commit(session, recipients)
+        wake_after_commit(session, recipients)
         return
     counts, events = _in_cursor_order(pending)
     params: dict[str, Any] = {}
@@ -207,7 +210,7 @@ def _write_pending(session: Session) -> None:
         for party_id, back, queued in events
     ]
     session.execute(_INSERT_EVENTS, rows)
-    _wake_after_commit(session, counts)
+    wake_after_commit(session, counts)
 
 
 @event.listens_for(Session, "after_commit")

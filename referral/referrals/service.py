@@ -26,7 +26,7 @@ from referral.core import errors
 from referral.core.bulk import unnest_insert, unnest_parameters
 from referral.core.ids import new_id
 from referral.core.timeutil import isoformat, isoformat_or_none
-from referral.feed.outbox import Event, emit, event_ctes, event_parameters, take_pending
+from referral.feed.outbox import Event, emit, event_ctes, event_parameters, take_pending, wake_after_commit
 from referral.parties.keys import cached_signing_key, signing_key
 from referral.parties.service import cached_party_kind, party_kind
 from referral.referrals import events, lifecycle
@@ -82,8 +82,8 @@ _AFTER_LOOKUP = "(SELECT count(*) FROM found) >= 0"
 # parameters; the statement returns what ``found`` found (the earlier documents of the same group are
 # matched in memory). Its events are written at commit, after the links: the links' foreign keys lock the
 # referrals linked to (``FOR KEY SHARE``), and a status update holds its referral's row before it takes the
-# event cursor rows at its commit, so a group that held cursor rows while it waited for that referral would
-# deadlock with it.
+# event cursor rows in its last statement, so a group that held cursor rows while it waited for that referral
+# would deadlock with it.
 _POSTGRES_STORE = text(
     f"WITH found AS ({_OVERLAPS}), "  # noqa: S608 - names only; every value is bound
     f"{queued_entries_ctes(prefix='entry_', where=_AFTER_LOOKUP)}, "
@@ -1068,10 +1068,14 @@ async def record_status(
     """Verify a signed status, check the transition, update the referral and its clocks, audit, receipt.
 
     ``look_for_repeat=False`` leaves a repeated ``jti`` to the unique constraint, as in ``submit_referral``.
+    It must be the last write of the caller's transaction: on PostgreSQL its statement writes the events of
+    the whole transaction and takes their cursor rows (see ``_postgres_record_status``).
     """
     actor = _actor(principal)
-    # The document is verified before the referral's row is locked (and the transaction begins): what it
-    # says does not depend on the row, and the lock is then held only for the checks and the writes.
+    # The document is verified before the referral's row is locked (and, when the signing key is cached,
+    # before the transaction begins): what it says does not depend on the row, and the lock is then held only
+    # for the checks and the writes. The errors it can give depend on the document and the caller only, so
+    # they tell nothing of whether a referral the caller cannot see exists.
     unverified = parse_compact(compact, typ=STATUS_TYP)
     await _verified(session, document=unverified, principal=principal, at=received_at)
     try:
@@ -1212,8 +1216,10 @@ async def _record_status_postgres(
         **{f"referral_{name}": value for name, value in changes.items()},
         **queued_entries_parameters([entry], prefix="entry_"),
         **unnest_parameters(_statuses, [status_values], prefix="status_"),
-        **take_pending(session, recorded, prefix="event_"),
     }
+    event_values, recipients = take_pending(session, recorded, prefix="event_")
+    parameters.update(event_values)
     changed = (await session.execute(_postgres_record_status(tuple(changes)), parameters)).scalar_one()
     if changed != 1:  # the row is locked by this transaction: anything else is a bug, never a silent skip
         raise RuntimeError(f"the status update changed {changed} referral rows")
+    wake_after_commit(session, recipients)

@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
+from sqlalchemy.exc import DBAPIError
 
 from referral.app import create_app
 from referral.audit.models import AuditEntry
 from referral.config import Settings
 from referral.core.appkeys import sessionmaker_key
+from referral.core.ids import new_id
 from referral.core.timeutil import utcnow
 from referral.feed.models import EventCursor, OutboxEvent
 from referral.referrals import clock
@@ -602,3 +604,79 @@ async def test_a_commit_in_another_process_wakes_a_waiting_request(
         response = await waiting
         assert types(await response.json()) == ["referral.submitted"]
         assert loop.time() - started < 12.5, "the request was not woken by the other process's commit"
+
+
+@pytest.mark.parametrize("other_commits", [True, False])
+async def test_a_status_waiting_for_a_concurrent_jti_holds_no_cursor_rows(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty, backend: str, other_commits: bool
+) -> None:
+    """PostgreSQL: while a status's statement waits for another transaction that inserted the same issuer
+    and ``jti``, it holds no event cursor row (a writer holding them while it waited on a row lock could
+    deadlock with one that holds that row); then it answers as that transaction's outcome says: 409 if it
+    committed, 201 if it rolled back, with the delivery's and the acknowledgement's events in order."""
+    if backend != "postgresql":
+        pytest.skip("concurrent writing transactions exist only on PostgreSQL (SQLite: one connection)")
+    app = client.server.app
+    assert app is not None
+    sessions = app[sessionmaker_key]
+    acknowledged, other = [
+        await submitted_id(
+            client, authority, provider, items=[{"url": f"https://video.example.com/watch?v={n}"}]
+        )
+        for n in ("acknowledged", "other")
+    ]
+    claims = status_claims(provider, acknowledged, "acknowledged")
+    async with sessions() as blocker, sessions() as probe:
+        await blocker.execute(
+            text(
+                "INSERT INTO referral_statuses (id, referral_id, status, previous_status, actor_party_id, "
+                "jti, recorded_at, audit_entry_id) VALUES (:id, :referral, 'acknowledged', 'delivered', "
+                ":party, :jti, now(), :entry)"
+            ),
+            {
+                "id": new_id(),
+                "referral": other,
+                "party": provider.party_id,
+                "jti": claims["jti"],
+                "entry": new_id(),
+            },
+        )
+        posted = asyncio.ensure_future(post_status(client, provider, acknowledged, claims))
+        waiting = 0
+        for _ in range(250):
+            waiting = await probe.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE 'WITH changed AS (UPDATE referrals%'"
+                )
+            )
+            await probe.rollback()
+            if waiting:
+                break
+            await asyncio.sleep(0.02)
+        assert waiting == 1, "the status's statement waits for the other transaction's jti"
+        try:
+            async with probe.begin():
+                # Refused at once (lock not available) if the waiting statement holds any of them.
+                locked = (
+                    await probe.execute(text("SELECT party_id FROM event_cursors FOR UPDATE NOWAIT"))
+                ).all()
+        except DBAPIError:
+            locked = None
+        await (blocker.commit() if other_commits else blocker.rollback())
+        status, body = await asyncio.wait_for(posted, 10)
+    assert locked is not None, "the status's statement held event cursor rows while it waited"
+    assert {row[0] for row in locked} >= {authority.party_id, provider.party_id}
+    page = await feed(client, authority)
+    if other_commits:
+        assert status == 409, body
+        assert types(page) == ["referral.submitted", "referral.submitted"]
+    else:
+        assert status == 201, body
+        assert types(page) == [
+            "referral.submitted",
+            "referral.submitted",
+            "status.recorded",
+            "status.recorded",
+        ]
+        assert [event["cursor"] for event in page["events"]] == ["1", "2", "3", "4"]
