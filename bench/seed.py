@@ -3,7 +3,11 @@
 ``python -m bench.seed --database-url URL --referrals 1000000`` adds that many referrals between the parties
 already in the database (at least one authority and one provider), with a year of received times and a
 realistic spread of types, categories and outcomes (acknowledged, decided and closed times included), so that
-``GET /v1/stats`` has something like a year of a busy region to aggregate. The rows carry a short stand-in
+``GET /v1/stats`` has something like a year of a busy region to aggregate. The rows are as the referral clock
+would have left them over that year: removal orders undecided at their deadline were flagged overdue then,
+preservations that lapsed were expired then, and those lapsing within the warning window were warned of; a
+service started on the database finds no backlog of sweeps (a year's worth, tens of thousands of audit
+entries and events, would otherwise run beside whatever is measured). The rows carry a short stand-in
 JWS and receipt instead of real signed documents (a million real ones would be 3 GB): statistics read only the
 parsed columns. Status history and items are not seeded.
 """
@@ -28,6 +32,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+
+from referral.config import Settings
+from referral.referrals.clock import PRESERVING
+from referral.referrals.lifecycle import OPEN_STATUSES
 
 COLUMNS = (
     "id",
@@ -56,6 +64,8 @@ COLUMNS = (
     "receipt",
 )
 CHUNK = 50_000
+OPEN = frozenset(status.value for status in OPEN_STATUSES)
+WARNING = timedelta(days=Settings.model_fields["preservation_warning_days"].default)
 TYPES = (("referral", 0.6), ("removal_order", 0.3), ("preservation_request", 0.1))
 CATEGORIES = (
     ("terrorist_content", 0.55),
@@ -142,6 +152,21 @@ def referral_rows(
         if status in CLOSED and closed is None:
             closed = received + timedelta(days=rng.randint(1, 90))
         preserved_until = received + timedelta(days=90) if referral_type == "preservation_request" else None
+        # What the referral clock did in the meantime (at the moment it came due, give or take a sweep).
+        overdue_notified = (
+            deadline
+            if deadline is not None
+            and deadline < now
+            and status in OPEN | DECIDED
+            and (decided is None or decided > deadline)
+            else None
+        )
+        expiry_warned = None
+        if preserved_until is not None and status in PRESERVING:
+            if preserved_until <= now:
+                status, closed = "expired", preserved_until
+            if preserved_until <= now + WARNING:
+                expiry_warned = preserved_until
         category = _pick(rng, CATEGORIES)
         referral_id = _uuid7(received, rng)
         jti = f"seed-{seed}-{number}"
@@ -167,8 +192,8 @@ def referral_rows(
             decided,
             closed,
             preserved_until,
-            None,
-            None,
+            overdue_notified,
+            expiry_warned,
             closed or decided or acknowledged or delivered or received,
             referral_id,
             "seeded-receipt",
