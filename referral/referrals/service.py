@@ -787,6 +787,20 @@ def _read_entry(referral: Referral, reader: Principal, request_id: str | None) -
     }
 
 
+def _delivery_rows(
+    referral: Referral, *, at: datetime, request_id: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The audit entry and the history row of a referral's delivery (the entry made first)."""
+    entry = new_entry_row(
+        action=_DELIVERED_ACTION,
+        subject_type="referral",
+        subject_id=referral.id,
+        request_id=request_id,
+        visible_to=[referral.issuer_id, referral.addressee_id],
+    )
+    return entry, _server_status_row(referral, Status.DELIVERED, at=at, audit_entry_id=entry["id"])
+
+
 async def deliver_many(
     session: AsyncSession,
     *,
@@ -808,27 +822,14 @@ async def deliver_many(
     if not waiting and (reader is None or not received):
         return
     # Made in this order, the delivery entries' ids (the log's order) come before the reads'.
-    entries = {
-        referral.id: new_entry_row(
-            action=_DELIVERED_ACTION,
-            subject_type="referral",
-            subject_id=referral.id,
-            request_id=request_id,
-            visible_to=[referral.issuer_id, referral.addressee_id],
-        )
-        for referral in waiting
-    }
+    deliveries = {referral.id: _delivery_rows(referral, at=at, request_id=request_id) for referral in waiting}
+    entries = {referral_id: entry for referral_id, (entry, _row) in deliveries.items()}
     reads = (
         []
         if reader is None
         else [new_entry_row(**_read_entry(referral, reader, request_id)) for referral in received]
     )
-    history = {
-        referral.id: _server_status_row(
-            referral, Status.DELIVERED, at=at, audit_entry_id=entries[referral.id]["id"]
-        )
-        for referral in waiting
-    }
+    history = {referral_id: row for referral_id, (_entry, row) in deliveries.items()}
     if session.get_bind().dialect.name == "postgresql":
         result = await session.execute(
             _POSTGRES_DELIVER,
@@ -1113,9 +1114,21 @@ async def record_status(
         ):
             return repeat
         raise
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    # On PostgreSQL, the audit entry and history row of a delivery that the status's statement writes too.
+    delivery: tuple[dict[str, Any], dict[str, Any]] | None = None
     if current is Status.SUBMITTED and document.status is Status.ACKNOWLEDGED:
         # Acknowledging what was never fetched is also its delivery (see lifecycle's docstring).
-        await deliver_many(session, referrals=[referral], at=received_at, request_id=request_id)
+        if postgresql:
+            # The row is locked by this transaction, so no fetch can deliver it meanwhile: the delivery is
+            # written with the acknowledgement, its event before the acknowledgement's.
+            delivery = _delivery_rows(referral, at=received_at, request_id=request_id)
+            set_loaded(
+                referral, status=Status.DELIVERED.value, delivered_at=received_at, updated_at=received_at
+            )
+            emit(session, events.delivered(referral, ReferralStatus(**delivery[1]), received_at))
+        else:
+            await deliver_many(session, referrals=[referral], at=received_at, request_id=request_id)
         current = Status.DELIVERED
 
     changes = _clock_changes(referral, document, received_at)
@@ -1160,13 +1173,13 @@ async def record_status(
     # transaction and this object go with it.
     set_loaded(referral, **changes)
     recorded = events.status_recorded(referral, status, received_at)
-    if session.get_bind().dialect.name == "postgresql":
+    if postgresql:
         await _record_status_postgres(
             session,
             referral_id=referral.id,
-            changes=changes,
-            entry=entry,
-            status_values=status_values,
+            changes=changes if delivery is None else {"delivered_at": received_at, **changes},
+            entries=[entry] if delivery is None else [delivery[0], entry],
+            history=[status_values] if delivery is None else [delivery[1], status_values],
             recorded=recorded,
         )
     else:
@@ -1183,11 +1196,12 @@ async def record_status(
 @functools.cache
 def _postgres_record_status(columns: tuple[str, ...]) -> Any:
     """PostgreSQL: a status's writes in one statement, built once per set of changed referral columns
-    (parameters ``referral_id`` and ``referral_<column>``): the referral's update, the audit entry and its
-    place in the sequencer's queue, the history row, and the events of the transaction (with their cursors
-    and NOTIFY). It is the transaction's last statement, made while the referral's row is locked, as the
-    events written at commit were before: the cursor rows are taken last, and only once the history row is
-    in (an insert that waits for a concurrent transaction with the same ``jti`` must not hold them)."""
+    (parameters ``referral_id`` and ``referral_<column>``): the referral's update, the audit entries and
+    their places in the sequencer's queue, the history rows (a delivery's first, when acknowledging what was
+    never fetched delivers it), and the events of the transaction (with their cursors and NOTIFY). It is the
+    transaction's last statement, made while the referral's row is locked, as the events written at commit
+    were before: the cursor rows are taken last, and only once the history rows are in (an insert that
+    waits for a concurrent transaction with the same ``jti`` must not hold them)."""
     # Column names only are formatted in; every value is a bound parameter.
     assignments = ", ".join(f"{name} = :referral_{name}" for name in columns)
     return text(
@@ -1205,17 +1219,18 @@ async def _record_status_postgres(
     *,
     referral_id: str,
     changes: dict[str, Any],
-    entry: dict[str, Any],
-    status_values: dict[str, Any],
+    entries: Sequence[dict[str, Any]],
+    history: Sequence[dict[str, Any]],
     recorded: Sequence[Event],
 ) -> None:
-    """Write a status with ``_postgres_record_status``, with the events emitted earlier in the transaction
-    (a delivery's) before its own, in the order they happened."""
+    """Write a status (and the delivery that comes with it) with ``_postgres_record_status``: the entries
+    and history rows in the order given, the events emitted earlier in the transaction (a delivery's) before
+    the status's own."""
     parameters = {
         "referral_id": referral_id,
         **{f"referral_{name}": value for name, value in changes.items()},
-        **queued_entries_parameters([entry], prefix="entry_"),
-        **unnest_parameters(_statuses, [status_values], prefix="status_"),
+        **queued_entries_parameters(entries, prefix="entry_"),
+        **unnest_parameters(_statuses, history, prefix="status_"),
     }
     event_values, recipients = take_pending(session, recorded, prefix="event_")
     parameters.update(event_values)
