@@ -17,15 +17,20 @@ from referral.referrals.models import Referral
 from tests.auth.factories import make_party
 
 
+async def seed_between_two_parties(client: TestClient[Any, Any], settings: Settings, count: int) -> None:
+    """An authority and a provider, and ``count`` referrals between them from the bench's bulk seeder."""
+    await make_party(client, kind="authority", country="DE")
+    await make_party(client, kind="provider", country="IE")
+    await seeder.seed(settings.database_url, count)
+
+
 async def test_seeded_history_leaves_the_referral_clock_nothing_to_do(
     client: TestClient[Any, Any], settings: Settings
 ) -> None:
     """Removal orders undecided at their deadline were flagged overdue, lapsed preservations expired and
     those about to lapse warned of, as the clock would have done: a service started on the seeded database
     has no backlog of sweeps running beside what the bench measures."""
-    await make_party(client, kind="authority", country="DE")
-    await make_party(client, kind="provider", country="IE")
-    await seeder.seed(settings.database_url, 20_000)
+    await seed_between_two_parties(client, settings, 20_000)
     app = client.server.app
     assert app is not None
     sessions = app[sessionmaker_key]

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referral.config import Settings
@@ -84,5 +85,39 @@ async def test_a_failed_count_stops_the_durations_and_is_raised_as_it_is(
                 )
         assert stopped.is_set()
         assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
+
+
+async def test_both_connections_read_with_the_stats_memory_for_their_transaction_only(
+    postgresql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each query of a read runs with the statistics' memory for sorts and hash tables (set in one round
+    trip); the settings end with the read's transactions."""
+    engine = create_engine(Settings(database_url=postgresql_url))
+    seen: dict[str, tuple[str, ...]] = {}
+    counted, timed = queries.counts, queries.durations
+    shown = text("SELECT current_setting('work_mem'), current_setting('hash_mem_multiplier')")
+
+    async def counts(session: AsyncSession, **arguments: Any) -> Any:
+        seen["counts"] = tuple((await session.execute(shown)).one())
+        return await counted(session, **arguments)
+
+    async def durations(session: AsyncSession, **arguments: Any) -> Any:
+        seen["durations"] = tuple((await session.execute(shown)).one())
+        return await timed(session, **arguments)
+
+    monkeypatch.setattr(queries, "counts", counts)
+    monkeypatch.setattr(queries, "durations", durations)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            await queries.prepare(session)  # as compute_stats does before the read
+            await queries.counts_and_durations(
+                session, query=QUERY, audience=queries.Audience(), now=NOW, levels=LEVELS
+            )
+            await session.commit()
+            after = tuple((await session.execute(shown)).one())
+        assert seen == {"counts": (queries.WORK_MEM, "4"), "durations": (queries.WORK_MEM, "4")}
+        assert after != (queries.WORK_MEM, "4")
     finally:
         await engine.dispose()
