@@ -77,10 +77,15 @@ class Audience:
 # Memory for one statistics read's hash tables and sorts on PostgreSQL (per sort or hash, per transaction):
 # the default 4 MB spills a year's durations to disk and turns hash aggregation into sorting.
 WORK_MEM: Final = "64MB"
-# The settings of a statistics transaction on PostgreSQL.
+# The settings of a statistics transaction on PostgreSQL. Every statement planned for its values: after five
+# runs on a connection PostgreSQL may switch to a generic plan, in which the period's bounds are unknown (it
+# estimated a year as a thousand rows and sorted instead of hashing) and the history's status is a parameter
+# that cannot match the partial index of extended preservations (it read the whole history); planning takes
+# a millisecond or two of queries that take hundreds.
 _STATS_SETTINGS: Final = {
     "work_mem": WORK_MEM,
     "hash_mem_multiplier": "4",
+    "plan_cache_mode": "force_custom_plan",
 }
 _PREPARE = text(
     "SELECT " + ", ".join(f"set_config(:name_{n}, :value_{n}, true)" for n in range(len(_STATS_SETTINGS)))

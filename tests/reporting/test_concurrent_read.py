@@ -92,12 +92,15 @@ async def test_a_failed_count_stops_the_durations_and_is_raised_as_it_is(
 async def test_both_connections_read_with_the_stats_memory_for_their_transaction_only(
     postgresql_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each query of a read runs with the statistics' memory for sorts and hash tables (set in one round
-    trip); the settings end with the read's transactions."""
+    """Each query of a read runs with the statistics' settings (memory for sorts and hash tables, a plan for
+    its own values), set in one round trip; they end with the read's transactions."""
     engine = create_engine(Settings(database_url=postgresql_url))
     seen: dict[str, tuple[str, ...]] = {}
     counted, timed = queries.counts, queries.durations
-    shown = text("SELECT current_setting('work_mem'), current_setting('hash_mem_multiplier')")
+    shown = text(
+        "SELECT current_setting('work_mem'), current_setting('hash_mem_multiplier'), "
+        "current_setting('plan_cache_mode')"
+    )
 
     async def counts(session: AsyncSession, **arguments: Any) -> Any:
         seen["counts"] = tuple((await session.execute(shown)).one())
@@ -111,13 +114,17 @@ async def test_both_connections_read_with_the_stats_memory_for_their_transaction
     monkeypatch.setattr(queries, "durations", durations)
     try:
         async with create_sessionmaker(engine)() as session:
+            before = tuple((await session.execute(shown)).one())
+            await session.commit()
             await queries.prepare(session)  # as compute_stats does before the read
             await queries.counts_and_durations(
                 session, query=QUERY, audience=queries.Audience(), now=NOW, levels=LEVELS
             )
             await session.commit()
             after = tuple((await session.execute(shown)).one())
-        assert seen == {"counts": (queries.WORK_MEM, "4"), "durations": (queries.WORK_MEM, "4")}
-        assert after != (queries.WORK_MEM, "4")
+        stats = (queries.WORK_MEM, "4", "force_custom_plan")
+        assert seen == {"counts": stats, "durations": stats}
+        assert before != stats
+        assert after == before
     finally:
         await engine.dispose()
