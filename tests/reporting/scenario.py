@@ -133,28 +133,16 @@ def cases_for(parties: Parties, months: list[date]) -> list[Case]:
                 )
             )
         if number == 1:
-            cases.append(
-                case(
-                    b,
-                    q,
-                    "preservation_request",
-                    Step("acknowledged", HOUR),
-                    Step("preserved", 2 * HOUR, preserved_for=10 * DAY),
-                    Step("preservation_extended", 3 * DAY, preserved_for=40 * DAY),
-                    offset=11,
-                )
+            extended = (
+                Step("acknowledged", HOUR),
+                Step("preserved", 2 * HOUR, preserved_for=10 * DAY),
+                Step("preservation_extended", 3 * DAY, preserved_for=40 * DAY),
             )
+            cases.append(case(b, q, "preservation_request", *extended, offset=11))
             # Extended, then released: an ended preservation that counts as extended (from its history).
             cases.append(
                 case(
-                    b,
-                    q,
-                    "preservation_request",
-                    Step("acknowledged", HOUR),
-                    Step("preserved", 2 * HOUR, preserved_for=10 * DAY),
-                    Step("preservation_extended", 3 * DAY, preserved_for=40 * DAY),
-                    Step("preservation_released", 5 * DAY),
-                    offset=15,
+                    b, q, "preservation_request", *extended, Step("preservation_released", 5 * DAY), offset=15
                 )
             )
             cases.append(case(a, q, "referral", Step("withdrawn", DAY), offset=12))
