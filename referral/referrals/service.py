@@ -801,6 +801,13 @@ def _delivery_rows(
     return entry, _server_status_row(referral, Status.DELIVERED, at=at, audit_entry_id=entry["id"])
 
 
+def _delivered(session: AsyncSession, referral: Referral, history_row: dict[str, Any], at: datetime) -> None:
+    """A delivery just written (or being written by the transaction's last statement): the referral as
+    delivered on the object, and its event."""
+    set_loaded(referral, status=Status.DELIVERED.value, delivered_at=at, updated_at=at)
+    emit(session, events.delivered(referral, ReferralStatus(**history_row), at))
+
+
 async def deliver_many(
     session: AsyncSession,
     *,
@@ -862,10 +869,8 @@ async def deliver_many(
                 _INSERT_STATUS, [row for referral_id, row in history.items() if referral_id in delivered]
             )
     for referral in waiting:
-        if referral.id not in delivered:
-            continue
-        set_loaded(referral, status=Status.DELIVERED.value, delivered_at=at, updated_at=at)
-        emit(session, events.delivered(referral, ReferralStatus(**history[referral.id]), at))
+        if referral.id in delivered:
+            _delivered(session, referral, history[referral.id], at)
 
 
 async def deliver_documents(
@@ -1115,23 +1120,26 @@ async def record_status(
             return repeat
         raise
     postgresql = session.get_bind().dialect.name == "postgresql"
-    # On PostgreSQL, the audit entry and history row of a delivery that the status's statement writes too.
-    delivery: tuple[dict[str, Any], dict[str, Any]] | None = None
+    # On PostgreSQL, what the status's one statement writes besides the status: a delivery's entry, history
+    # row and column.
+    entries: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []
+    delivery_columns: dict[str, Any] = {}
     if current is Status.SUBMITTED and document.status is Status.ACKNOWLEDGED:
         # Acknowledging what was never fetched is also its delivery (see lifecycle's docstring).
         if postgresql:
             # The row is locked by this transaction, so no fetch can deliver it meanwhile: the delivery is
             # written with the acknowledgement, its event before the acknowledgement's.
-            delivery = _delivery_rows(referral, at=received_at, request_id=request_id)
-            set_loaded(
-                referral, status=Status.DELIVERED.value, delivered_at=received_at, updated_at=received_at
-            )
-            emit(session, events.delivered(referral, ReferralStatus(**delivery[1]), received_at))
+            delivery_entry, delivery_row = _delivery_rows(referral, at=received_at, request_id=request_id)
+            entries.append(delivery_entry)
+            history.append(delivery_row)
+            delivery_columns["delivered_at"] = received_at
+            _delivered(session, referral, delivery_row, received_at)
         else:
             await deliver_many(session, referrals=[referral], at=received_at, request_id=request_id)
         current = Status.DELIVERED
 
-    changes = _clock_changes(referral, document, received_at)
+    status_changes = _clock_changes(referral, document, received_at)
     status_id = new_id()
     entry = new_entry_row(
         action="status.recorded",
@@ -1171,23 +1179,23 @@ async def record_status(
     status = ReferralStatus(**status_values)
     # Set before the write, for the events to tell of the referral as changed; if the write fails, the
     # transaction and this object go with it.
-    set_loaded(referral, **changes)
+    set_loaded(referral, **status_changes)
     recorded = events.status_recorded(referral, status, received_at)
     if postgresql:
         await _record_status_postgres(
             session,
             referral_id=referral.id,
-            changes=changes if delivery is None else {"delivered_at": received_at, **changes},
-            entries=[entry] if delivery is None else [delivery[0], entry],
-            history=[status_values] if delivery is None else [delivery[1], status_values],
+            changes={**delivery_columns, **status_changes},
+            entries=[*entries, entry],
+            history=[*history, status_values],
             recorded=recorded,
         )
     else:
         await write_entry_rows(session, [entry])
         await session.execute(_INSERT_STATUS, status_values)
         await session.execute(
-            _update_referral(tuple(changes)),
-            {"referral_id": referral.id, **{f"{k}_": v for k, v in changes.items()}},
+            _update_referral(tuple(status_changes)),
+            {"referral_id": referral.id, **{f"{k}_": v for k, v in status_changes.items()}},
         )
         emit(session, recorded)
     return StatusRecorded(referral, status, created=True)
