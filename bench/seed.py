@@ -104,6 +104,8 @@ OUTCOMES = {
 DECIDED = {"action_taken", "partially_actioned", "no_action"}
 CLOSED = {"action_taken", "partially_actioned", "no_action", "withdrawn", "preservation_released", "expired"}
 NOT_ACKNOWLEDGED = {"submitted", "delivered", "withdrawn"}
+# The statuses of removal orders the clock flagged overdue at their deadline (open then, or decided late).
+FLAGGED_WHEN_LATE = OPEN | DECIDED
 
 
 def _uuid7(moment: datetime, rng: random.Random) -> str:
@@ -157,7 +159,7 @@ def referral_rows(
             deadline
             if deadline is not None
             and deadline < now
-            and status in OPEN | DECIDED
+            and status in FLAGGED_WHEN_LATE
             and (decided is None or decided > deadline)
             else None
         )

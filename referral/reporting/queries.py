@@ -90,16 +90,17 @@ _STATS_SETTINGS: Final = {
 _PREPARE = text(
     "SELECT " + ", ".join(f"set_config(:name_{n}, :value_{n}, true)" for n in range(len(_STATS_SETTINGS)))
 )
+_PREPARE_PARAMETERS: Final = {
+    key: value
+    for n, (name, setting) in enumerate(_STATS_SETTINGS.items())
+    for key, value in ((f"name_{n}", name), (f"value_{n}", setting))
+}
 
 
 async def prepare(session: AsyncSession) -> None:
     """Set up the session's transaction for the statistics queries that follow (one round trip)."""
     if session.get_bind().dialect.name == "postgresql":
-        parameters: dict[str, str] = {}
-        for n, (name, value) in enumerate(_STATS_SETTINGS.items()):
-            parameters[f"name_{n}"] = name
-            parameters[f"value_{n}"] = value
-        await session.execute(_PREPARE, parameters)
+        await session.execute(_PREPARE, _PREPARE_PARAMETERS)
 
 
 def statuses_of(outcome: str) -> list[str]:
