@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from sqlalchemy import event, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from referral.app import create_app
@@ -26,6 +26,7 @@ from referral.referrals.clock import expire_preservations, flag_overdue, warn_ex
 from referral.referrals.models import Referral, ReferralStatus
 from tests.auth.factories import TestParty, bearer, make_party, sign_document
 from tests.referrals.test_api import post_status, referral_claims, status_claims, submit
+from tests.sqlcapture import sent_statements
 
 
 @pytest.fixture
@@ -185,22 +186,16 @@ async def test_racing_feed_reads_deliver_each_referral_once_and_audit_every_read
 
 @contextlib.contextmanager
 def statements(client: TestClient[Any, Any], containing: str = "") -> Iterator[list[str]]:
-    """The statements (``containing`` some text) sent to the database while the block runs; an executemany
-    counts once."""
+    """The statements (``containing`` some text) sent to the database while the block runs, on one line
+    each; an executemany counts once."""
     app = client.server.app
     assert app is not None
-    engine = app[sessionmaker_key].kw["bind"].sync_engine
     sent: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if containing in statement:
-            sent.append(" ".join(statement.split()))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    with sent_statements(app[sessionmaker_key].kw["bind"], containing) as raw:
+        try:
+            yield sent
+        finally:
+            sent.extend(" ".join(statement.split()) for statement, _parameters in raw)
 
 
 def referral_row_writes(client: TestClient[Any, Any]) -> contextlib.AbstractContextManager[list[str]]:

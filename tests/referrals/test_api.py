@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from jwcrypto import jwk, jws
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from referral.audit.models import AuditEntry
 from referral.config import Settings
@@ -21,6 +21,7 @@ from referral.core.appkeys import sessionmaker_key
 from referral.referrals.clock import expire_preservations
 from referral.referrals.models import Referral, ReferralItem, ReferralStatus
 from tests.auth.factories import TestParty, bearer, make_party, new_key, sign_document
+from tests.sqlcapture import sent_statements
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "api" / "examples"
 
@@ -631,22 +632,13 @@ async def test_the_sqlite_overlap_look_up_probes_the_item_indexes(
     app = client.server.app
     assert app is not None
     engine = app[sessionmaker_key].kw["bind"]
-    looked_up: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_args: Any) -> None:
-        if "FROM referral_items JOIN referrals" in statement:
-            looked_up.append((statement, parameters))
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
+    with sent_statements(engine, "FROM referral_items JOIN referrals") as looked_up:
         items = [{"url": "https://video.example.com/watch?v=1", "content_sha256": "cd" * 32}]
         for _ in range(2):
             status, body, _ = await submit(
                 client, authority, referral_claims(authority, provider, items=items)
             )
             assert status == 201, body
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
     assert len(looked_up) == 4, "a URL and a content hash look-up per submission"
     async with engine.connect() as connection:
         for statement, parameters in looked_up:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from referral.config import Settings
 from referral.core.appkeys import sessionmaker_key
@@ -17,6 +17,7 @@ from referral.reporting import queries
 from referral.reporting.params import StatsQuery
 from referral.reporting.periods import Interval
 from tests.bench.test_seed import seed_between_two_parties
+from tests.sqlcapture import sent_statements
 
 
 async def test_the_counts_cost_the_same_however_long_the_history(
@@ -35,18 +36,9 @@ async def test_the_counts_cost_the_same_however_long_the_history(
     engine = sessions.kw["bind"]
     now = datetime.now(UTC)
     query = StatsQuery(start=now - timedelta(days=365), end=now, interval=Interval.MONTH)
-    sent: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_args: Any) -> None:
-        if "facts.period" in statement:
-            sent.append((statement, parameters))
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
+    with sent_statements(engine, "facts.period") as sent:
         async with sessions() as session:
             await queries.counts(session, query=query, audience=queries.Audience(), now=now)
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
     ((statement, parameters),) = sent
 
     async def estimated_cost() -> float:
