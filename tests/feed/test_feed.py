@@ -21,6 +21,7 @@ from referral.core.appkeys import sessionmaker_key
 from referral.core.ids import new_id
 from referral.core.timeutil import utcnow
 from referral.feed.models import EventCursor, OutboxEvent
+from referral.feed.notifier import notifier_key
 from referral.referrals import clock
 from referral.referrals.clock import expire_preservations, flag_overdue, warn_expiring
 from referral.referrals.models import Referral, ReferralStatus
@@ -696,3 +697,32 @@ async def test_a_status_waiting_for_a_concurrent_jti_holds_no_cursor_rows(
             "status.recorded",
         ]
         assert [event["cursor"] for event in page["events"]] == ["1", "2", "3", "4"]
+
+
+async def test_a_status_wakes_both_parties_readers_in_this_process_once_committed(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The readers waiting in this process are woken by the status's commit itself (on PostgreSQL its events
+    are written by its own statement, not at commit), not only later by the NOTIFY meant for other
+    processes."""
+    app = client.server.app
+    assert app is not None
+    referral_id = await submitted_id(client, authority, provider)
+    woken: list[set[str]] = []
+    notifier = app[notifier_key]
+    wake = notifier.wake
+
+    def recording(party_ids: Any) -> None:
+        # Woken by the request's own commit: not by the LISTEN connection's callback (outside any task, or
+        # in the listener's), which a NOTIFY of the same commit reaches a moment later.
+        task = asyncio.current_task()
+        if task is not None and task.get_name() != "feed-listen":
+            woken.append(set(party_ids))
+        wake(party_ids)
+
+    monkeypatch.setattr(notifier, "wake", recording)
+    code, body = await post_status(
+        client, provider, referral_id, status_claims(provider, referral_id, "acknowledged")
+    )
+    assert code == 201, body
+    assert {authority.party_id, provider.party_id} <= set().union(*woken)

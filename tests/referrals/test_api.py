@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from referral.audit.models import AuditEntry
 from referral.config import Settings
 from referral.core.appkeys import sessionmaker_key
+from referral.core.ids import new_id
 from referral.referrals.clock import expire_preservations
 from referral.referrals.models import Referral, ReferralItem, ReferralStatus
 from tests.auth.factories import TestParty, bearer, make_party, new_key, sign_document
@@ -267,6 +268,42 @@ async def test_status_from_the_wrong_party(
         client, authority, referral_id, status_claims(authority, referral_id, "acknowledged")
     )
     assert code == 403, answer
+
+
+async def test_a_refused_status_says_nothing_of_whether_an_unseen_referral_exists(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    """The signed status is checked before the referral is looked up: for a referral the caller cannot see
+    and for one that does not exist, the same document gets the same answer."""
+    other_provider = await make_party(client, kind="provider")
+    _, body, _ = await submit(client, authority, referral_claims(authority, provider))
+    unseen, missing = body["referral"]["id"], new_id()
+    valid = status_claims(other_provider, unseen, "acknowledged")
+    # Each document, and the status its refusal has whichever referral it is sent to.
+    documents = {
+        "valid": (sign_document(other_provider, valid, typ="status+jws"), 404),
+        "tampered": (sign_document(other_provider, valid, typ="status+jws")[:-4] + "AAAA", 422),
+        "invalid": (
+            sign_document(other_provider, {**valid, "status": "no-such-status"}, typ="status+jws"),
+            422,
+        ),
+        "another issuer": (
+            sign_document(other_provider, {**valid, "iss": provider.party_id}, typ="status+jws"),
+            403,
+        ),
+        "not a jws": ("not.a.jws", 400),
+    }
+    headers = await bearer(client, other_provider)
+    for name, (document, refused_with) in documents.items():
+        answers = []
+        for referral_id in (unseen, missing):
+            response = await client.post(
+                f"/v1/referrals/{referral_id}/statuses", json={"jws": document}, headers=headers
+            )
+            problem = await response.json()
+            answers.append((response.status, problem["type"], problem["title"]))
+        assert answers[0] == answers[1], name
+        assert answers[0][0] == refused_with, (name, answers[0])
 
 
 async def test_repeats_and_conflicting_repeats(
