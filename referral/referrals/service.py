@@ -603,6 +603,38 @@ StoredItem = tuple[str, str, str, str | None, str | None]
 """An item of a stored open referral: ``(referral_id, issuer_id, addressee_id, url, content_sha256)``."""
 
 
+@functools.cache
+def _sqlite_overlaps(column_name: str, addressees: int) -> Any:
+    """SQLite: the look-up of ``_stored_overlaps`` by ``column_name`` (``url`` or ``content_sha256``) for
+    ``addressees`` addressees, built once per shape (Core, the tables' columns): per addressee
+    ``addressee_id = :addressee_<n> AND <column> IN (:values_<n>)``, the values an expanding parameter.
+    Building the expression for every group cost more than running it. At most 200 shapes: a group or a
+    batch has at most 100 documents, so at most 100 addressees."""
+    column = _items.c[column_name]
+    return (
+        select(
+            _items.c.referral_id,
+            _referrals.c.issuer_id,
+            _items.c.addressee_id,
+            _items.c.url,
+            _items.c.content_sha256,
+        )
+        .join(_referrals, _referrals.c.id == _items.c.referral_id)
+        .where(
+            or_(
+                *(
+                    and_(
+                        _items.c.addressee_id == bindparam(f"addressee_{number}"),
+                        column.in_(bindparam(f"values_{number}", expanding=True)),
+                    )
+                    for number in range(addressees)
+                )
+            ),
+            _referrals.c.status.in_(_OPEN_STATUSES),
+        )
+    )
+
+
 async def _stored_overlaps(session: AsyncSession, batch: Sequence[PreparedReferral]) -> list[StoredItem]:
     """SQLite: the items of stored open referrals to the batch's addressees that cover one of its URLs or
     hashes (for the same addressee).
@@ -611,36 +643,22 @@ async def _stored_overlaps(session: AsyncSession, batch: Sequence[PreparedReferr
     a row-value ``(addressee_id, url) IN (VALUES ...)`` and read every referral instead (20 ms a look-up
     with 50 000 referrals)."""
     keys = _overlap_keys(batch)
-    columns = (
-        ReferralItem.referral_id,
-        Referral.issuer_id,
-        ReferralItem.addressee_id,
-        ReferralItem.url,
-        ReferralItem.content_sha256,
-    )
+    connection = await session.connection()
     found: set[StoredItem] = set()
-    for column, addressees, values in (
-        (ReferralItem.url, keys["url_addressees"], keys["urls"]),
-        (ReferralItem.content_sha256, keys["hash_addressees"], keys["hashes"]),
+    for column_name, addressees, values in (
+        ("url", keys["url_addressees"], keys["urls"]),
+        ("content_sha256", keys["hash_addressees"], keys["hashes"]),
     ):
         if not values:
             continue
         by_addressee: dict[str, list[str]] = {}
         for addressee, value in zip(addressees, values, strict=True):
             by_addressee.setdefault(addressee, []).append(value)
-        rows = await session.execute(
-            select(*columns)
-            .join(Referral, Referral.id == ReferralItem.referral_id)
-            .where(
-                or_(
-                    *(
-                        and_(ReferralItem.addressee_id == addressee, column.in_(wanted))
-                        for addressee, wanted in by_addressee.items()
-                    )
-                ),
-                Referral.status.in_(_OPEN_STATUSES),
-            )
-        )
+        parameters: dict[str, Any] = {}
+        for number, (addressee, wanted) in enumerate(by_addressee.items()):
+            parameters[f"addressee_{number}"] = addressee
+            parameters[f"values_{number}"] = wanted
+        rows = await connection.execute(_sqlite_overlaps(column_name, len(by_addressee)), parameters)
         found.update((str(row[0]), str(row[1]), str(row[2]), row[3], row[4]) for row in rows)
     return sorted(found, key=lambda item: (item[0], item[3] or "", item[4] or ""))
 
