@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, event, insert, text
+from sqlalchemy import Table, Text, bindparam, event, insert, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -27,7 +27,9 @@ from referral.feed.notifier import CHANNEL, Notifier
 
 _events = cast(Table, OutboxEvent.__table__)
 _cursors = cast(Table, EventCursor.__table__)
-_INSERT_EVENTS = insert(_events)
+# SQLite: the data is bound as the JSON text ``_data_texts`` made (the column's JSON type would serialise a
+# body shared by two recipients once for each of them).
+_INSERT_EVENTS = insert(_events).values(data=bindparam("data", type_=Text()))
 
 PENDING_KEY = "referral.feed.pending"
 """``Session.info`` key: events emitted in the current transaction, not yet written."""
@@ -109,12 +111,6 @@ def event_ctes(*, prefix: str, where: str | None = None) -> str:
 def event_parameters(events: Iterable[Event], *, prefix: str) -> tuple[dict[str, Any], set[str]]:
     """The parameters of ``event_ctes`` for ``events`` (in the order they happened), and their recipients."""
     counts, rows = _in_cursor_order(events)
-    # An event's data is often one dict shared by its recipients (both parties of a case, the signed
-    # document inside): serialise each once.
-    serialised: dict[int, str] = {}
-    for _party_id, _back, queued in rows:
-        if id(queued.data) not in serialised:
-            serialised[id(queued.data)] = json.dumps(queued.data)
     parameters = {
         f"{prefix}party": list(counts),
         f"{prefix}count": list(counts.values()),
@@ -125,9 +121,23 @@ def event_parameters(events: Iterable[Event], *, prefix: str) -> tuple[dict[str,
         f"{prefix}type": [queued.type.value for _party_id, _back, queued in rows],
         f"{prefix}referral": [queued.referral_id for _party_id, _back, queued in rows],
         f"{prefix}created_at": [queued.created_at for _party_id, _back, queued in rows],
-        f"{prefix}data": [serialised[id(queued.data)] for _party_id, _back, queued in rows],
+        f"{prefix}data": _data_texts(queued for _party_id, _back, queued in rows),
     }
     return parameters, set(counts)
+
+
+def _data_texts(events: Iterable[Event]) -> list[str]:
+    """Each event's data as JSON text (as the column's JSON type would write it). An event's data is often
+    one dict shared by its recipients (both parties of a case, the signed document inside): each is
+    serialised once."""
+    serialised: dict[int, str] = {}
+    texts = []
+    for queued in events:
+        data_text = serialised.get(id(queued.data))
+        if data_text is None:
+            data_text = serialised[id(queued.data)] = json.dumps(queued.data)
+        texts.append(data_text)
+    return texts
 
 
 def take_pending(
@@ -197,6 +207,7 @@ def _write_pending(session: Session) -> None:
         params[f"party_{n}"] = party_id
         params[f"count_{n}"] = count
     last_cursors = {row[0]: int(row[1]) for row in session.execute(_upsert_statement(len(counts)), params)}
+    data_texts = _data_texts(queued for _party_id, _back, queued in events)
     rows: list[dict[str, Any]] = [
         {
             "id": new_id(),
@@ -205,9 +216,9 @@ def _write_pending(session: Session) -> None:
             "type": queued.type.value,
             "referral_id": queued.referral_id,
             "created_at": queued.created_at,
-            "data": queued.data,
+            "data": data_text,
         }
-        for party_id, back, queued in events
+        for (party_id, back, queued), data_text in zip(events, data_texts, strict=True)
     ]
     session.execute(_INSERT_EVENTS, rows)
     wake_after_commit(session, counts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -294,6 +295,32 @@ async def test_refused_requests_write_no_events(
     async with app[sessionmaker_key]() as session:
         assert await session.scalar(select(func.count()).select_from(OutboxEvent)) == 0
         assert await session.scalar(select(func.count()).select_from(EventCursor)) == 0
+
+
+async def test_an_events_data_is_stored_as_its_json_type_writes_it(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    """A body shared by both recipients is serialised once and bound as text: the stored text must be what
+    the column's JSON type would have written for each (the feed and the webhooks parse it back)."""
+    referral_id = await submitted_id(client, authority, provider)
+    app = client.server.app
+    assert app is not None
+    engine = app[sessionmaker_key].kw["bind"]
+    write_json = OutboxEvent.__table__.c.data.type.bind_processor(engine.dialect)
+    async with engine.connect() as connection:
+        stored = (
+            await connection.execute(
+                text("SELECT recipient_id, CAST(data AS TEXT) FROM outbox_events WHERE referral_id = :id"),
+                {"id": referral_id},
+            )
+        ).all()
+    assert sorted(recipient for recipient, _ in stored) == sorted([authority.party_id, provider.party_id])
+    (data_text,) = {data_text for _, data_text in stored}
+    data = json.loads(data_text)
+    assert data["referral"]["id"] == referral_id
+    assert data_text == json.dumps(data)
+    if write_json is not None:
+        assert data_text == write_json(data)
 
 
 async def test_concurrent_commits_get_contiguous_cursors_in_commit_order(
