@@ -861,8 +861,9 @@ def evaluate(run: dict[str, Any]) -> list[dict[str, Any]]:
 
     def check(name: str, value: float | None, target: float, *, at_least: bool) -> None:
         met = None if value is None else (value >= target if at_least else value < target)
+        shown = None if value is None else round(value, 3)  # seconds as 0.309, not 0.30874900000000005
         checks.append(
-            {"target": name, "value": value, "goal": f"{'>=' if at_least else '<'} {target}", "met": met}
+            {"target": name, "value": shown, "goal": f"{'>=' if at_least else '<'} {target}", "met": met}
         )
 
     full = _phases(run, "single", "full")
