@@ -603,13 +603,13 @@ StoredItem = tuple[str, str, str, str | None, str | None]
 """An item of a stored open referral: ``(referral_id, issuer_id, addressee_id, url, content_sha256)``."""
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)
 def _sqlite_overlaps(column_name: str, addressees: int) -> Any:
     """SQLite: the look-up of ``_stored_overlaps`` by ``column_name`` (``url`` or ``content_sha256``) for
     ``addressees`` addressees, built once per shape (Core, the tables' columns): per addressee
     ``addressee_id = :addressee_<n> AND <column> IN (:values_<n>)``, the values an expanding parameter.
-    Building the expression for every group cost more than running it. At most 200 shapes: a group or a
-    batch has at most 100 documents, so at most 100 addressees."""
+    Building the expression for every group cost more than running it. Groups and batches hold at most 100
+    documents, so the 256 kept cover every shape in use."""
     column = _items.c[column_name]
     return (
         select(
