@@ -611,6 +611,37 @@ async def test_overlaps_are_looked_up_per_provider_by_url_and_by_content_hash(
     assert await related(first) == [same_content["referral"]["id"]]
 
 
+async def test_only_open_referrals_are_looked_up_for_overlaps(
+    client: TestClient[Any, Any], authority: TestParty, provider: TestParty
+) -> None:
+    """A withdrawn referral covers nothing any more: a later one with its URL and hash is not linked to it,
+    while one still open is (single submissions and batches go through the same look-up)."""
+    url, digest = "https://video.example.com/watch?v=closed", "ef" * 32
+    items = [{"url": url, "content_sha256": digest}]
+    _, withdrawn, _ = await submit(client, authority, referral_claims(authority, provider, items=items))
+    withdrawn_id = withdrawn["referral"]["id"]
+    status, body = await post_status(
+        client, authority, withdrawn_id, status_claims(authority, withdrawn_id, "withdrawn")
+    )
+    assert status == 201, body
+    _, still_open, _ = await submit(client, authority, referral_claims(authority, provider, items=items))
+    response = await client.post(
+        "/v1/referrals:batch",
+        json={"documents": [sign_document(authority, referral_claims(authority, provider, items=items))]},
+        headers=await bearer(client, authority),
+    )
+    (batched,) = (await response.json())["results"]
+    headers = await bearer(client, authority)
+
+    async def related(referral_id: str) -> list[str]:
+        view = await (await client.get(f"/v1/referrals/{referral_id}", headers=headers)).json()
+        return [link["referral_id"] for link in view["related"]]
+
+    assert await related(still_open["referral"]["id"]) == [batched["referral"]["id"]]
+    assert await related(batched["referral"]["id"]) == [still_open["referral"]["id"]]
+    assert await related(withdrawn_id) == []
+
+
 async def test_a_batch_to_several_providers_is_linked_by_each_providers_own_urls_and_hashes(
     client: TestClient[Any, Any], authority: TestParty, provider: TestParty
 ) -> None:
